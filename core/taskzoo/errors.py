@@ -1,0 +1,13 @@
+"""The error type for mistakes a user can fix: the CLI prints its message on one line, exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input, an unknown name, an unreachable backbone: anything the user can fix.
+
+    The message is printed as it is, on one line, with no traceback, so it must name the file,
+    column, row or option at fault and what was expected there.
+    """
+
+
+class DataError(UserError):
+    """A data file that cannot be used as it is (missing, empty, malformed, wrong columns...)."""

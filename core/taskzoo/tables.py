@@ -1,0 +1,86 @@
+"""Reading users' tabular files (CSV, TSV, JSON Lines) strictly: UTF-8, with errors naming the file
+and the line, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from taskzoo.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def read_text(path: Path) -> str:
+    """The file's text; a `DataError` naming the line if it is missing, empty or not UTF-8."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: byte 0x{raw[error.start]:02x} is not valid UTF-8; "
+            "save the file as UTF-8 (e.g. 'iconv -f latin1 -t utf-8')"
+        ) from None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV/TSV (all cells as strings) or JSON Lines file (one object per line) as a DataFrame."""
+    import pandas as pd
+
+    kind = TABLE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"{path}: unknown file type '{path.suffix}'; expected one of {', '.join(sorted(TABLE_FORMATS))}"
+        )
+    text = read_text(path)
+    if kind == "jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}: line {number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+        frame = pd.DataFrame.from_records(records)
+    else:
+        try:
+            frame = pd.read_csv(
+                io.StringIO(text), sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False
+            )
+        except pd.errors.ParserError as error:
+            raise DataError(f"{path}: malformed {kind.upper()}: {' '.join(str(error).split())}") from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the file is empty") from None
+    if frame.empty:
+        raise DataError(f"{path}: no data rows (only a header?)")
+    frame.columns = [str(column).strip() for column in frame.columns]
+    return frame
+
+
+def find_column(path: Path, columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, option: str) -> str | None:
+    """The column the user named, or the first known name found (case-insensitive), or None."""
+    if given:
+        if given not in columns:
+            raise DataError(f"{path}: no column '{given}' (from {option}); columns are: {', '.join(columns)}")
+        return given
+    lowered = {column.lower(): column for column in columns}
+    for candidate in candidates:
+        if candidate in lowered:
+            return lowered[candidate]
+    return None

@@ -1,0 +1,364 @@
+"""The one training loop every gradient-trained task runs through, built on accelerate.
+
+CPU or CUDA, mixed precision, gradient accumulation and data parallel across processes or
+machines (``accelerate launch``) all come from accelerate; this module adds the recipe: AdamW
+with warmup and linear or cosine decay, gradient clipping, evaluation each epoch on the task's
+main metric, early stopping, the best model kept, a checkpoint to resume from, and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+
+from taskzoo.errors import UserError
+from taskzoo.specs import MetricContext, MetricSpec
+from taskzoo.task import Task
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainingArgs:
+    epochs: int = 3
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    scheduler: str = "linear"
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    patience: int | None = None
+    seed: int = 42
+    log_every: int = 10
+    tensorboard: bool = False
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "auto", grad_accum: int = 1) -> Accelerator:
+    """An Accelerator for ``--device`` (auto/cpu/cuda) and ``--mixed-precision`` (auto/no/fp16/bf16)."""
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    on_gpu = cuda and device != "cpu"
+    if mixed_precision == "auto":
+        mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
+    if mixed_precision == "fp16" and not on_gpu:
+        raise UserError("--mixed-precision fp16 needs a CUDA device; use bf16 or no on the CPU")
+    return Accelerator(cpu=not on_gpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, kind: str):
+    """Linear warmup, then linear or cosine decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(1.0, progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+def batch_size_of(batch: Any) -> int:
+    values = batch.values() if isinstance(batch, dict) else batch
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+        if isinstance(value, list):
+            return len(value)
+    return 1
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loader: Any,
+    task: Task,
+    metrics: Sequence[MetricSpec],
+    context: MetricContext,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Run ``model`` over ``loader`` on every process; return (metrics, predictions in loader order)."""
+    model.eval()
+    pairs: list[tuple[Any, Any]] = []
+    loss_sum, loss_count = 0.0, 0
+    for batch in loader:
+        out = model(batch)
+        if out.get("loss") is not None:
+            size = batch_size_of(batch)
+            losses = accelerator.gather_for_metrics(out["loss"].detach().float().reshape(1).repeat(size))
+            loss_sum += float(losses.sum())
+            loss_count += int(losses.numel())
+        local = list(zip(task.predictions(batch, out["output"]), task.references(batch)))
+        pairs.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
+    predictions = [p for p, _ in pairs]
+    references = [r for _, r in pairs]
+    results: dict[str, Any] = {}
+    if loss_count:
+        results["loss"] = loss_sum / loss_count
+    for metric in metrics:
+        results[metric.name] = metric.compute(predictions, references, context)
+    return results, predictions
+
+
+@torch.no_grad()
+def predict_all(accelerator: Accelerator, model: torch.nn.Module, loader: Any, task: Task) -> list[Any]:
+    """The task's predictions for every example in ``loader``, in loader order."""
+    model.eval()
+    predictions: list[Any] = []
+    for batch in loader:
+        local = task.predictions(batch, model(batch)["output"])
+        predictions.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
+    return predictions
+
+
+class Trainer:
+    """Fits ``model`` on ``train_data``, evaluating on ``val_data`` each epoch.
+
+    Writes into ``run_dir``: ``metrics.jsonl`` (one line per logged step and per epoch), the best
+    model under ``model/`` (through `Task.save`) and a resumable ``checkpoint/``.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: Task,
+        model: torch.nn.Module,
+        train_data: Any,
+        val_data: Any,
+        metrics: Sequence[MetricSpec],
+        main_metric: str,
+        args: TrainingArgs,
+        accelerator: Accelerator,
+        run_dir: Path,
+    ) -> None:
+        self.task = task
+        self.args = args
+        self.accelerator = accelerator
+        self.run_dir = Path(run_dir)
+        self.metrics = list(metrics)
+        self.main_metric = main_metric
+        by_name = {m.name: m for m in self.metrics}
+        if main_metric not in by_name:
+            raise ValueError(f"task {task.name} names main metric '{main_metric}', which no plugin provides")
+        self.maximise = by_name[main_metric].goal == "max"
+        self.context = MetricContext(task=task.name, labels=tuple(task.labels_of_model))
+
+        set_seed(args.seed)
+        train_loader = task.dataloader(train_data, batch_size=args.batch_size, train=True, seed=args.seed)
+        val_loader = task.dataloader(
+            val_data, batch_size=args.eval_batch_size or args.batch_size * 2, train=False, seed=args.seed
+        )
+        self.updates_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
+        total = self.updates_per_epoch * args.epochs
+        optimizer = torch.optim.AdamW(self._parameter_groups(model), lr=args.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(int(total * args.warmup_ratio), total, args.scheduler)
+        )
+        # accelerate steps a prepared scheduler once per process per update, so the totals above
+        # are counted on the single-process loader.
+        self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, scheduler
+        )
+        self.tensorboard = None
+        if args.tensorboard and accelerator.is_main_process:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+
+    @staticmethod
+    def _parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+        # Biases and norm weights (1-d tensors) are conventionally not weight-decayed.
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(f"{record['type']}/{key}", value, self.state["global_step"])
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            folder = self.run_dir / CHECKPOINT
+            partial = self.run_dir / (CHECKPOINT + ".partial")
+            partial.mkdir(parents=True, exist_ok=True)
+            save_model(self.accelerator.unwrap_model(self.model), str(partial / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state()}, partial / "rng.pt")
+            state = {**self.state, "python_rng": _jsonable_random_state()}
+            (partial / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+            if folder.exists():
+                _remove_tree(folder)
+            partial.rename(folder)
+        self.accelerator.wait_for_everyone()
+
+    def load_checkpoint(self) -> None:
+        folder = self.run_dir / CHECKPOINT
+        if not (folder / "trainer_state.json").exists():
+            raise UserError(f"{self.run_dir}: no checkpoint to resume from (no {CHECKPOINT}/ folder)")
+        load_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
+        # Our own files, written above; weights_only still refuses anything but tensors and plain data.
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        python_rng = state.pop("python_rng")
+        random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
+        self.state = state
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or early stop); return the summary that goes into ``metrics.json``."""
+        args, accelerator = self.args, self.accelerator
+        if resume:
+            self.load_checkpoint()
+        started = time.perf_counter()
+        samples_seen = 0
+        train_seconds = 0.0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        while self.state["epoch"] < args.epochs and not self._should_stop():
+            epoch = self.state["epoch"] + 1
+            self.model.train()
+            self.train_loader.set_epoch(epoch)
+            bar = tqdm(
+                self.train_loader,
+                desc=f"epoch {epoch}/{args.epochs}",
+                unit="batch",
+                disable=not accelerator.is_local_main_process,
+                dynamic_ncols=True,
+            )
+            epoch_start = time.perf_counter()
+            epoch_samples, loss_total, loss_batches = 0, 0.0, 0
+            window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+            for batch in bar:
+                with accelerator.accumulate(self.model):
+                    loss = self.model(batch)["loss"]
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                size = batch_size_of(batch) * accelerator.num_processes
+                value = float(loss.detach())
+                epoch_samples += size
+                window_samples += size
+                loss_total += value
+                loss_batches += 1
+                window_loss += value
+                window_batches += 1
+                if accelerator.sync_gradients:
+                    self.state["global_step"] += 1
+                    if self.state["global_step"] % args.log_every == 0:
+                        elapsed = time.perf_counter() - window_start
+                        record = {
+                            "type": "step",
+                            "epoch": epoch,
+                            "step": self.state["global_step"],
+                            "loss": window_loss / window_batches,
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "samples_per_second": window_samples / max(elapsed, 1e-9),
+                        }
+                        self._log(record)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
+                        window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+            bar.close()
+            epoch_seconds = time.perf_counter() - epoch_start
+            train_seconds += epoch_seconds
+            samples_seen += epoch_samples
+            val, _ = evaluate(accelerator, self.model, self.val_loader, self.task, self.metrics, self.context)
+            self._end_epoch(epoch, val, loss_total / max(loss_batches, 1), epoch_samples / max(epoch_seconds, 1e-9))
+        accelerator.wait_for_everyone()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return {
+            "best_epoch": self.state["best_epoch"],
+            "main_metric": self.main_metric,
+            "best": self.state["best"],
+            "epochs_run": self.state["epoch"],
+            "stopped_early": self._should_stop() and self.state["epoch"] < args.epochs,
+            "val": next(
+                (h["val"] for h in self.state["history"] if h["epoch"] == self.state["best_epoch"]), {}
+            ),
+            "history": self.state["history"],
+            "train_samples_per_second": samples_seen / train_seconds if train_seconds else None,
+            "wall_seconds": time.perf_counter() - started,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+            "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "device": str(accelerator.device),
+            "args": asdict(args),
+        }
+
+    def _end_epoch(self, epoch: int, val: dict[str, Any], train_loss: float, samples_per_second: float) -> None:
+        score = val[self.main_metric]
+        best = self.state["best"]
+        improved = best is None or (score > best if self.maximise else score < best)
+        self.state["history"].append(
+            {"epoch": epoch, "train_loss": train_loss, "samples_per_second": samples_per_second, "val": val}
+        )
+        scalars = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+        self._log({"type": "epoch", "epoch": epoch, "train_loss": train_loss,
+                   "samples_per_second": samples_per_second, **{f"val_{k}": v for k, v in scalars.items()}})
+        if self.accelerator.is_main_process:
+            tqdm.write(
+                f"epoch {epoch}: train loss {train_loss:.4f}, "
+                + ", ".join(f"val {k} {v:.4f}" for k, v in scalars.items())
+            )
+        if improved:
+            self.state.update(best=score, best_epoch=epoch, bad_epochs=0)
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                self.task.save(self.accelerator.unwrap_model(self.model), self.run_dir / "model")
+        else:
+            self.state["bad_epochs"] += 1
+        self.state["epoch"] = epoch
+        self.save_checkpoint()
+
+    def _should_stop(self) -> bool:
+        patience = self.args.patience
+        return bool(patience) and self.state["bad_epochs"] >= patience
+
+
+def _jsonable_random_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder)

@@ -1,0 +1,58 @@
+"""Sentiment: fine-tune a pretrained text encoder to label reviews, tickets or posts.
+
+This module is what the ``taskzoo`` entry point loads: it only declares records, so listing tasks
+never imports torch. The work happens in `taskzoo_sentiment.task` (model, batches, outputs),
+`taskzoo_sentiment.data` (reading and checking files) and `taskzoo_sentiment.metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskzoo import Finding, MetricSpec, Option, TaskSpec, hookimpl
+
+TASK = "sentiment"
+
+
+@hookimpl
+def taskzoo_tasks() -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            name=TASK,
+            description="Text classification (sentiment, topics, intents): text -> one of two or more labels",
+            data_formats=("csv", "tsv", "jsonl"),
+            task_class="taskzoo_sentiment.task:SentimentTask",
+            main_metric="accuracy",
+            defaults={"epochs": 4, "lr": 1e-4, "batch_size": 16},
+            options=(
+                Option("text-column", "Column holding the text (default: detected, e.g. text/review/sentence).",
+                       commands=("run", "check", "evaluate", "predict")),
+                Option("label-column", "Column holding the label (default: detected, e.g. label/sentiment/stars).",
+                       commands=("run", "check", "evaluate")),
+                Option("max-length", "Truncate texts to this many tokens (default: the backbone's maximum).",
+                       type=int, commands=("run",)),
+                Option("text", "A text to label; repeat for several.", multiple=True, commands=("predict",)),
+            ),
+        )
+    ]
+
+
+@hookimpl
+def taskzoo_metrics() -> list[MetricSpec]:
+    from taskzoo_sentiment import metrics
+
+    return [
+        MetricSpec("accuracy", (TASK,), metrics.accuracy, description="Share of texts labelled correctly."),
+        MetricSpec("macro_f1", (TASK,), metrics.macro_f1, description="F1 averaged over classes, each weighted equally."),
+        MetricSpec("per_class", (TASK,), metrics.per_class, description="Precision, recall, F1 and support per class."),
+        MetricSpec("confusion_matrix", (TASK,), metrics.confusion_matrix, description="Counts: rows true, columns predicted."),
+    ]
+
+
+@hookimpl
+def taskzoo_check_data(task: str, data: Any) -> list[Finding] | None:
+    if task != TASK:
+        return None
+    from taskzoo_sentiment.data import check
+
+    return check(data)

@@ -1,0 +1,236 @@
+"""Reading labelled texts from CSV, TSV or JSON Lines, checking them, and splitting them."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from taskzoo import DataError, Finding
+from taskzoo.tables import find_column, read_table
+
+TEXT_COLUMNS = ("text", "review", "sentence", "content", "body", "comment", "review_text", "document", "tweet", "message")
+LABEL_COLUMNS = ("label", "sentiment", "stars", "rating", "class", "polarity", "target", "category")
+MISSING = {"", "nan", "none", "null", "n/a"}
+
+
+@dataclass
+class TextData:
+    """Texts (and labels) read from one file. ``rows`` are 1-based data rows (the header is not a row)."""
+
+    path: Path
+    texts: list[str]
+    labels: list[str] | None
+    rows: list[int]
+    text_column: str
+    label_column: str | None
+    columns: list[str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> TextData:
+        return replace(
+            self,
+            texts=[self.texts[i] for i in indices],
+            labels=[self.labels[i] for i in indices] if self.labels is not None else None,
+            rows=[self.rows[i] for i in indices],
+            records=[self.records[i] for i in indices] if self.records else [],
+        )
+
+
+def _cell(value: Any) -> str | None:
+    """A cell as text, or None when it is missing (empty, NaN, null)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        if value.is_integer():
+            value = int(value)
+    if isinstance(value, bool):
+        value = str(value).lower()
+    if isinstance(value, (dict, list)):
+        return None
+    text = str(value).strip()
+    return None if text.lower() in MISSING else text
+
+
+def _rows_text(rows: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def sort_labels(labels: set[str]) -> list[str]:
+    """Numeric labels (stars 1-5) in numeric order, others alphabetically."""
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
+
+
+def read_texts(
+    path: Path,
+    *,
+    role: str,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    known_labels: Sequence[str] | None = None,
+) -> TextData:
+    """Read one file for ``role`` (train/val/test/predict); a `DataError` names what is wrong."""
+    path = Path(path)
+    frame = read_table(path)
+    columns = list(frame.columns)
+    text_col = find_column(path, columns, text_column, TEXT_COLUMNS, "text", "--text-column")
+    if text_col is None:
+        raise DataError(
+            f"{path}: no text column among {', '.join(columns)}; expected one of "
+            f"{', '.join(TEXT_COLUMNS)}, or name it with --text-column"
+        )
+    needs_labels = role in ("train", "val", "test")
+    label_col = find_column(path, columns, label_column, LABEL_COLUMNS, "label", "--label-column")
+    if needs_labels and label_col is None:
+        raise DataError(
+            f"{path}: no label column among {', '.join(columns)}; expected one of "
+            f"{', '.join(LABEL_COLUMNS)}, or name it with --label-column"
+        )
+    if label_col == text_col:
+        raise DataError(f"{path}: the text and label columns are both '{text_col}'")
+
+    raw_texts = [_cell(v) for v in frame[text_col].tolist()]
+    raw_labels = [_cell(v) for v in frame[label_col].tolist()] if label_col and needs_labels else None
+    present = [t for t in raw_texts if t is not None]
+    if present and all(_is_number(t) for t in present):
+        raise DataError(f"{path}: column '{text_col}' holds numbers, not text; name the text column with --text-column")
+
+    texts, labels, rows, records, dropped = [], [], [], [], []
+    unlabelled = []
+    frame_records = frame.to_dict(orient="records")
+    for index, text in enumerate(raw_texts):
+        row = index + 1
+        if text is None:
+            dropped.append((row, "empty text"))
+            continue
+        if raw_labels is not None:
+            if raw_labels[index] is None:
+                unlabelled.append(row)
+                continue
+            labels.append(raw_labels[index])
+        texts.append(text)
+        rows.append(row)
+        records.append(frame_records[index])
+    if unlabelled:
+        raise DataError(
+            f"{path}: column '{label_col}' is empty or NaN on row {_rows_text(unlabelled)}; "
+            f"every {role} row needs a label"
+        )
+    if not texts:
+        raise DataError(f"{path}: column '{text_col}' has no usable text (all {len(raw_texts)} rows are empty)")
+
+    if raw_labels is not None:
+        if role == "train" and len(set(labels)) < 2:
+            raise DataError(
+                f"{path}: column '{label_col}' has a single class ('{labels[0]}'); at least two classes are needed"
+            )
+        if known_labels is not None:
+            allowed = set(known_labels)
+            for row, label in zip(rows, labels):
+                if label not in allowed:
+                    raise DataError(
+                        f"{path}: row {row}, column '{label_col}': label '{label}' was never seen in training "
+                        f"(known: {', '.join(known_labels)})"
+                    )
+    return TextData(
+        path=path, texts=texts, labels=labels if raw_labels is not None else None, rows=rows,
+        text_column=text_col, label_column=label_col if raw_labels is not None else None,
+        columns=columns, records=records, dropped=dropped,
+    )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check(data: TextData) -> list[Finding]:
+    """What ``tasks check`` reports: size, columns, classes, lengths, duplicates, dropped rows."""
+    path = data.path
+    findings = [
+        Finding("info", f"{path}: {len(data)} usable rows; text column '{data.text_column}'"
+                + (f", label column '{data.label_column}'" if data.label_column else ""))
+    ]
+    words = [len(t.split()) for t in data.texts]
+    findings.append(Finding(
+        "info", f"text length in words: min {min(words)}, median {statistics.median(words):g}, max {max(words)}"
+    ))
+    if data.labels is not None:
+        counts = Counter(data.labels)
+        ordered = sort_labels(set(counts))
+        findings.append(Finding(
+            "info", f"classes ({len(counts)}): " + ", ".join(f"{label} {counts[label]}" for label in ordered),
+            {"classes": {label: counts[label] for label in ordered}},
+        ))
+        smallest, largest = min(counts.values()), max(counts.values())
+        if smallest * 10 < largest:
+            rare = [label for label in ordered if counts[label] == smallest]
+            findings.append(Finding(
+                "warning", f"classes are imbalanced: '{rare[0]}' has {smallest} rows against {largest} for the largest; "
+                "watch macro F1, not only accuracy"
+            ))
+        singletons = [label for label in ordered if counts[label] < 2]
+        if singletons:
+            findings.append(Finding(
+                "warning", f"class(es) {', '.join(singletons)} have a single row: too few to validate on"
+            ))
+    if data.dropped:
+        reasons: dict[str, list[int]] = defaultdict(list)
+        for row, reason in data.dropped:
+            reasons[reason].append(row)
+        for reason, rows in reasons.items():
+            findings.append(Finding("warning", f"{len(rows)} row(s) will be dropped ({reason}): row {_rows_text(rows)}"))
+    seen: dict[str, int] = {}
+    duplicates, conflicts = [], []
+    for i, text in enumerate(data.texts):
+        key = " ".join(text.lower().split())
+        if key in seen:
+            first = seen[key]
+            if data.labels is not None and data.labels[first] != data.labels[i]:
+                conflicts.append(f"{data.rows[first]}/{data.rows[i]}")
+            else:
+                duplicates.append(data.rows[i])
+        else:
+            seen[key] = i
+    if duplicates:
+        findings.append(Finding("warning", f"{len(duplicates)} duplicate text(s), kept: row {_rows_text(duplicates)}"))
+    if conflicts:
+        findings.append(Finding(
+            "warning", f"{len(conflicts)} text(s) appear with different labels: rows {_rows_text(conflicts)}"
+        ))
+    return findings
+
+
+def stratified_split(labels: Sequence[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices for train and validation with each class's share kept; classes of one row stay in train."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-fraction {val_fraction}: expected a number between 0 and 1")
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_class[label].append(index)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        indices = by_class[label]
+        rng.shuffle(indices)
+        take = min(len(indices) - 1, max(1, round(len(indices) * val_fraction))) if len(indices) > 1 else 0
+        val.extend(indices[:take])
+        train.extend(indices[take:])
+    return sorted(train), sorted(val)

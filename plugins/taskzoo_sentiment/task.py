@@ -1,0 +1,227 @@
+"""The sentiment task: a transformers sequence classifier fine-tuned by taskzoo's shared trainer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from taskzoo import BackboneSpec, DataError, UserError
+from taskzoo.backbones import load_from_hub, locate
+from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
+from taskzoo.plots import plot_confusion_matrix
+from taskzoo.plugins import get_host
+from taskzoo.task import Task
+from taskzoo_sentiment.data import TextData, read_texts, sort_labels, stratified_split
+
+# Tokenizers without a recorded limit report a huge model_max_length; no encoder we list takes more.
+LONGEST_SUPPORTED = 512
+TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+class SequenceClassifier(torch.nn.Module):
+    """Adapts a transformers model to the trainer's contract: ``forward(batch) -> {"loss", "output"}``."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        inputs = {key: batch[key] for key in TOKEN_FIELDS if key in batch}
+        out = self.network(**inputs, labels=batch.get("labels"))
+        return {"loss": out.loss, "output": out.logits}
+
+
+class SentimentTask(Task):
+    tokenizer: Any = None
+    _labels: list[str] | None = None
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def read(self, path: Path, *, role: str, labels: Sequence[str] | None = None) -> TextData:
+        return read_texts(
+            path,
+            role=role,
+            text_column=self.options.get("text_column"),
+            label_column=self.options.get("label_column"),
+            known_labels=labels if role in ("val", "test") else None,
+        )
+
+    def inputs_from_options(self) -> TextData | None:
+        texts = [t for t in self.options.get("text") or [] if t.strip()]
+        if not texts:
+            return None
+        return TextData(
+            path=Path("--text"), texts=texts, labels=None, rows=list(range(1, len(texts) + 1)),
+            text_column="text", label_column=None, columns=["text"], records=[{"text": t} for t in texts],
+        )
+
+    def labels(self, data: TextData) -> list[str]:
+        return sort_labels(set(data.labels or []))
+
+    def split(self, data: TextData, *, val_fraction: float, seed: int) -> tuple[TextData, TextData]:
+        train, val = stratified_split(data.labels or [], val_fraction, seed)
+        if not val:
+            raise DataError(f"{data.path}: too few rows to split off a validation set; give one with --val")
+        return data.subset(train), data.subset(val)
+
+    # -- model -----------------------------------------------------------------------------------
+
+    def build_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        _quiet_transformers()
+        labels = list(labels)
+
+        def load(location: str, local_files_only: bool) -> tuple[Any, Any]:
+            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_files_only)
+            network = AutoModelForSequenceClassification.from_pretrained(
+                location,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+                ignore_mismatched_sizes=True,
+                local_files_only=local_files_only,
+            )
+            return tokenizer, network
+
+        if backbone.source == "hub":
+            tokenizer, network = load_from_hub(get_host(), backbone, load)
+        else:
+            location = locate(backbone)
+            try:
+                tokenizer, network = load(location, True)
+            except (OSError, ValueError) as error:
+                raise UserError(
+                    f"backbone '{backbone.name}': {location} does not hold a transformers model and tokenizer "
+                    f"({str(error).strip().splitlines()[0]})"
+                ) from None
+        self.tokenizer = tokenizer
+        self._labels = labels
+        limit = min(tokenizer.model_max_length, LONGEST_SUPPORTED)
+        self.max_length = min(self.options.get("max_length") or limit, limit)
+        tokenizer.model_max_length = self.max_length
+        return SequenceClassifier(network)
+
+    @property
+    def labels_of_model(self) -> list[str]:
+        if self._labels is None:
+            raise RuntimeError("build or load the model first")
+        return self._labels
+
+    def _encode(self, data: TextData) -> list[dict[str, Any]]:
+        encoded = self.tokenizer(data.texts, truncation=True, max_length=self.tokenizer.model_max_length)
+        label_ids = {label: i for i, label in enumerate(self.labels_of_model)}
+        items = []
+        for i in range(len(data)):
+            item = {key: encoded[key][i] for key in TOKEN_FIELDS if key in encoded}
+            item["index"] = i
+            if data.labels is not None:
+                item["labels"] = label_ids[data.labels[i]]
+            items.append(item)
+        return items
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        tokens = [{key: item[key] for key in TOKEN_FIELDS if key in item} for item in items]
+        batch = dict(self.tokenizer.pad(tokens, return_tensors="pt"))
+        batch["index"] = torch.tensor([item["index"] for item in items])
+        if "labels" in items[0]:
+            batch["labels"] = torch.tensor([item["labels"] for item in items])
+        return batch
+
+    def dataloader(self, data: TextData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
+        items = self._encode(data)
+        lengths = [len(item["input_ids"]) for item in items]
+        sampler = SeededLengthGroupedSampler(lengths, batch_size, seed) if train else LongestFirstSampler(lengths)
+        return DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=self._collate)
+
+    def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
+        probabilities = torch.softmax(output.float(), dim=-1).cpu()
+        scores, labels = probabilities.max(dim=-1)
+        indices = batch["index"].tolist()
+        return [
+            {"index": indices[i], "label": int(labels[i]), "score": float(scores[i]), "probs": probabilities[i].tolist()}
+            for i in range(len(indices))
+        ]
+
+    def references(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
+        return batch["labels"].tolist()
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        model.network.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
+    def load(self, folder: Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        _quiet_transformers()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        network = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        id2label = network.config.id2label
+        self._labels = [id2label[i] for i in range(len(id2label))]
+        return SequenceClassifier(network)
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def write_predictions(self, data: TextData, predictions: list[dict[str, Any]], output: Path | None) -> str:
+        by_index = sorted(predictions, key=lambda p: p["index"])
+        labels = self.labels_of_model
+        rows = []
+        for p in by_index:
+            record = dict(data.records[p["index"]]) if data.records else {data.text_column: data.texts[p["index"]]}
+            record["prediction"] = labels[p["label"]]
+            record["score"] = round(p["score"], 6)
+            rows.append((p, record))
+        if output is None and data.path == Path("--text"):
+            return "\n".join(f"{r['prediction']}\t{r['score']:.4f}\t{data.texts[p['index']]}" for p, r in rows)
+        suffix = output.suffix.lower() if output else ".csv"
+        if suffix in (".jsonl", ".json"):
+            text = "".join(
+                json.dumps({**r, "row": data.rows[p["index"]],
+                            "scores": {labels[i]: round(v, 6) for i, v in enumerate(p["probs"])}}, ensure_ascii=False) + "\n"
+                for p, r in rows
+            )
+        elif suffix in (".csv", ".tsv"):
+            buffer = io.StringIO()
+            fields = list(rows[0][1]) if rows else ["prediction", "score"]
+            writer = csv.DictWriter(buffer, fieldnames=fields, delimiter="\t" if suffix == ".tsv" else ",",
+                                    lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(r for _, r in rows)
+            text = buffer.getvalue()
+        else:
+            raise UserError(f"--output {output}: unknown file type; use .csv, .tsv or .jsonl")
+        if output is None:
+            return text.rstrip("\n")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        return ""
+
+    def report(self, folder: Path, metrics: Mapping[str, Any]) -> list[Path]:
+        if "confusion_matrix" not in metrics:
+            return []
+        accuracy = metrics.get("accuracy")
+        title = "Confusion matrix" + (f" (accuracy {accuracy:.3f})" if accuracy is not None else "")
+        return [plot_confusion_matrix(metrics["confusion_matrix"], self.labels_of_model, folder / "confusion_matrix.png", title)]
+
+    def model_card_usage(self, run_folder: Path) -> str:
+        return (
+            "The `model/` folder is a standard transformers checkpoint:\n\n"
+            "```python\nfrom transformers import pipeline\n"
+            f"classify = pipeline(\"text-classification\", model=\"{run_folder / 'model'}\")\n"
+            "classify(\"the hoppy finish was wonderful\")\n```\n"
+        )
