@@ -373,7 +373,7 @@ def _run(ctx: click.Context, spec: TaskSpec) -> None:
         saved = runs.open_run(resume, require_complete=False)
         if saved.get("task") != spec.name:
             raise UserError(f"--resume {resume}: that run is for task '{saved.get('task')}', not '{spec.name}'")
-        layers.append({k: v for k, v in saved.items() if k != "output"})
+        layers.append({k: v for k, v in saved.items() if k not in ("output", "resolved")})
         source = str(resume / runs.CONFIG_FILE)
     if ctx.params.get("config") is not None:
         layers.append(_read_config_file(ctx.params["config"]))
@@ -392,7 +392,7 @@ def _train(host: Any, spec: TaskSpec, values: dict[str, Any], resume: Path | Non
     from taskzoo.plots import plot_training_curves
     from taskzoo.trainer import Trainer, TrainingArgs, make_accelerator
 
-    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"])
+    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
     main_process = accelerator.is_main_process
     task = spec.load()(spec, _task_option_values(spec, values))
     train = _read_checked(host, task, Path(values["data"]), "train", quiet_info=not main_process)
@@ -463,11 +463,8 @@ def _train(host: Any, spec: TaskSpec, values: dict[str, Any], resume: Path | Non
 
 def _parse_task_options(ctx: click.Context, spec: TaskSpec, command: str, extra: list[str]) -> dict[str, Any]:
     """Parse the task's own options (given after the common ones) for evaluate/predict."""
-    parser = click.Command(f"{ctx.command_path}", params=_task_click_options(spec, command))
-    try:
-        sub = parser.make_context(parser.name, list(extra), parent=ctx)
-    except click.UsageError:
-        raise
+    parser = click.Command(ctx.command_path, params=_task_click_options(spec, command))
+    sub = parser.make_context(ctx.command_path, list(extra))
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sub.params.items() if v not in (None, ())}
 
 

@@ -144,7 +144,7 @@ class PluginHost:
     def _records(self, hook_name: str, kind: type) -> Iterable[tuple[str, Any]]:
         """Call one hook plugin by plugin, so each record is attributed and each failure isolated."""
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():
             plugin = impl.plugin_name
             try:
                 result = impl.function() or []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,10 +60,18 @@ def read_table(path: Path) -> pd.DataFrame:
             records.append(record)
         frame = pd.DataFrame.from_records(records)
     else:
+        separator = "\t" if kind == "tsv" else ","
         try:
-            frame = pd.read_csv(
-                io.StringIO(text), sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False
-            )
+            with warnings.catch_warnings():
+                # Rows longer than the header would otherwise silently become an index or be cut.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False, index_col=False)
+        except pd.errors.ParserWarning:
+            header = text.splitlines()[0]
+            raise DataError(
+                f"{path}: rows have more fields than the header ({header!r}); quote fields that contain "
+                f"the separator {separator!r}"
+            ) from None
         except pd.errors.ParserError as error:
             raise DataError(f"{path}: malformed {kind.upper()}: {' '.join(str(error).split())}") from None
         except pd.errors.EmptyDataError:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
@@ -47,8 +47,14 @@ class TrainingArgs:
     tensorboard: bool = False
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "auto", grad_accum: int = 1) -> Accelerator:
-    """An Accelerator for ``--device`` (auto/cpu/cuda) and ``--mixed-precision`` (auto/no/fp16/bf16)."""
+def make_accelerator(
+    device: str = "auto", mixed_precision: str = "auto", grad_accum: int = 1, seed: int | None = None
+) -> Accelerator:
+    """An Accelerator for ``--device`` (auto/cpu/cuda) and ``--mixed-precision`` (auto/no/fp16/bf16).
+
+    Shuffled loaders draw their order from ``seed`` and the epoch, so every process of a
+    data-parallel run sees one order, and a resumed run the order it would have had.
+    """
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
@@ -57,7 +63,12 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "auto", grad_a
         mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
     if mixed_precision == "fp16" and not on_gpu:
         raise UserError("--mixed-precision fp16 needs a CUDA device; use bf16 or no on the CPU")
-    return Accelerator(cpu=not on_gpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    return Accelerator(
+        cpu=not on_gpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+    )
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, kind: str):

@@ -1,0 +1,103 @@
+"""Reading, checking and splitting sentiment data; every bad input is one clear DataError."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from conftest import write_csv
+
+from taskzoo import DataError
+from taskzoo_sentiment.data import check, read_texts, stratified_split
+
+
+def test_detects_review_and_stars_columns_and_orders_numeric_labels(tmp_path):
+    path = write_csv(tmp_path / "r.csv", ["id", "Review", "stars"],
+                     [[1, "great", 5], [2, "bad", 1], [3, "fine", 10], [4, "meh", 2]])
+    data = read_texts(path, role="train")
+    assert (data.text_column, data.label_column) == ("Review", "stars")
+    assert data.labels == ["5", "1", "10", "2"]
+    from taskzoo_sentiment.data import sort_labels
+
+    assert sort_labels(set(data.labels)) == ["1", "2", "5", "10"]
+
+
+def test_tsv_and_jsonl_with_integer_labels(tmp_path):
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("sentence\tlabel\nnice, really\t1\nawful\t0\n", encoding="utf-8")
+    assert read_texts(tsv, role="train").texts == ["nice, really", "awful"]
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text('{"text": "nice", "label": 1}\n\n{"text": "awful", "label": 0}\n', encoding="utf-8")
+    data = read_texts(jsonl, role="train")
+    assert data.labels == ["1", "0"] and data.rows == [1, 2]
+
+
+def test_explicit_columns_override_detection(tmp_path):
+    path = write_csv(tmp_path / "r.csv", ["body", "mood", "label"], [["a", "x", "p"], ["b", "y", "q"]])
+    data = read_texts(path, role="train", text_column="body", label_column="mood")
+    assert data.labels == ["x", "y"]
+
+
+def test_empty_text_rows_are_dropped_and_reported(tmp_path):
+    path = write_csv(tmp_path / "r.csv", ["text", "label"], [["good", "pos"], ["", "neg"], ["bad", "neg"], ["good", "pos"]])
+    data = read_texts(path, role="train")
+    assert data.rows == [1, 3, 4] and data.dropped == [(2, "empty text")]
+    messages = [f.message for f in check(data)]
+    assert any("1 row(s) will be dropped (empty text): row 2" in m for m in messages)
+    assert any("1 duplicate text(s)" in m for m in messages)
+    assert any("classes (2): neg 1, pos 2" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "message"),
+    [
+        (None, {}, r"missing\.csv: no such file"),
+        (b"", {}, r"the file is empty"),
+        (b"review,label\n", {}, r"no data rows"),
+        (b"id,stars\n1,5\n2,3\n", {}, r"no text column among id, stars; expected one of text, review"),
+        (b"text,score2\nhello,1\n", {}, r"no label column among text, score2"),
+        (b"text,label\n12,a\n13,b\n", {}, r"column 'text' holds numbers, not text"),
+        (b"text,label\ngood,pos\nbad,pos\n", {}, r"single class \('pos'\)"),
+        (b"text,label\ngood,pos\nbad,\nugly,NaN\n", {}, r"column 'label' is empty or NaN on row 2, 3"),
+        (b"text,label\ngood,pos\ncaf\xe9 bad,neg\n", {}, r"line 3: byte 0xe9 is not valid UTF-8"),
+        (b"text,label\ngood,pos\n", {"text_column": "body"}, r"no column 'body' \(from --text-column\)"),
+        (b"text,label\n\"a, b\",pos\nc,d,neg\n", {}, r"Expected 2 fields in line 3, saw 3"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, content, kwargs, message):
+    path = tmp_path / "missing.csv" if content is None else tmp_path / "data.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as caught:
+        read_texts(path, role="train", **kwargs)
+    assert "\n" not in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_malformed_json_line_is_named(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2: not valid JSON"):
+        read_texts(path, role="train")
+
+
+def test_test_label_never_seen_in_training_names_row_and_column(tmp_path):
+    path = write_csv(tmp_path / "test.csv", ["text", "label"], [["good", "pos"], ["so-so", "neutral"]])
+    with pytest.raises(DataError, match=r"row 2, column 'label': label 'neutral' was never seen in training \(known: neg, pos\)"):
+        read_texts(path, role="test", known_labels=["neg", "pos"])
+
+
+def test_predict_role_needs_no_labels(tmp_path):
+    path = write_csv(tmp_path / "new.csv", ["comment"], [["great"], ["awful"]])
+    data = read_texts(path, role="predict")
+    assert data.labels is None and data.texts == ["great", "awful"]
+
+
+def test_stratified_split_keeps_class_shares_and_is_seeded():
+    labels = ["a"] * 80 + ["b"] * 20 + ["c"]
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert sorted(train + val) == list(range(len(labels))) and not set(train) & set(val)
+    assert Counter(labels[i] for i in val) == {"a": 16, "b": 4}
+    assert stratified_split(labels, 0.2, seed=3) == (train, val)
+    assert stratified_split(labels, 0.2, seed=4) != (train, val)

@@ -1,0 +1,189 @@
+"""The shared trainer and run folders, driven through the CLI with the toy task (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from toy_plugin import ToyPlugin, toy_points
+
+from taskzoo import runs
+from taskzoo.cli import cli
+from taskzoo.trainer import lr_lambda
+
+
+@pytest.fixture
+def toy(use_host, tmp_path):
+    use_host(entry_points=[], plugins=[("toy", ToyPlugin())], registry_path=None)
+    return toy_points(tmp_path / "points.csv")
+
+
+def run(runner, *args):
+    return runner.invoke(cli, ["run", "toy", *map(str, args)])
+
+
+def epochs_logged(folder: Path) -> list[dict]:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if json.loads(line)["type"] == "epoch"]
+
+
+def test_run_leaves_a_complete_run_folder(runner, toy, tmp_path):
+    out = tmp_path / "run"
+    result = run(runner, "--data", toy, "--output", out, "--epochs", 3, "--log-every", 2)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"run folder: {out}"
+    assert runs.read_status(out)["status"] == "complete"
+    for name in ("config.yaml", "metrics.json", "metrics.jsonl", "labels.json", "README.md", "training_curves.png", "model/model.safetensors"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["epochs_run"] == 3 and len(summary["history"]) == 3
+    assert summary["val"]["accuracy"] > 0.9  # separable points
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert steps and all(s["samples_per_second"] > 0 for s in steps)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    # Task defaults apply (toy: lr 0.1, batch 8) under the flags given.
+    assert (config["lr"], config["batch_size"], config["epochs"]) == (0.1, 8, 3)
+    assert config["resolved"]["labels"] == ["left", "right"]
+
+
+def test_config_file_then_flags_override(runner, toy, tmp_path):
+    config = tmp_path / "my-run.yaml"
+    config.write_text(yaml.safe_dump({"data": str(toy), "epochs": 1, "batch-size": 4, "seed": 5, "flavour": "salty"}))
+    out = tmp_path / "run"
+    result = run(runner, "--config", config, "--epochs", 2, "--output", out)
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["epochs"], saved["batch_size"], saved["seed"], saved["flavour"]) == (2, 4, 5, "salty")
+    # The resolved config of a run is itself a valid --config.
+    again = run(runner, "--config", out / "config.yaml", "--output", tmp_path / "again")
+    assert again.exit_code == 0, again.output
+
+
+def test_unknown_config_key_is_an_error(runner, toy, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("data: x.csv\nepochz: 3\n")
+    result = run(runner, "--config", config)
+    assert result.exit_code == 2
+    assert f"error: {config}: unknown option(s) epochz" in result.output
+
+
+def test_early_stopping_and_best_epoch(runner, toy, tmp_path, monkeypatch):
+    # A learning rate of zero never improves after the first epoch, so patience 2 stops at epoch 3.
+    out = tmp_path / "run"
+    result = run(runner, "--data", toy, "--output", out, "--epochs", 10, "--lr", 0, "--patience", 2, "--warmup-ratio", 0)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["stopped_early"] and summary["best_epoch"] == 1
+
+
+def test_crashed_run_is_marked_failed_and_resumes(runner, toy, tmp_path, monkeypatch):
+    from taskzoo import trainer as trainer_module
+
+    out = tmp_path / "run"
+    original = trainer_module.Trainer._end_epoch
+
+    def crash_after_first_epoch(self, epoch, *args):
+        original(self, epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", crash_after_first_epoch)
+    crashed = run(runner, "--data", toy, "--output", out, "--epochs", 3)
+    assert crashed.exit_code != 0
+    assert runs.read_status(out)["status"] == "failed"
+    refused = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy)])
+    assert refused.exit_code == 2 and "not complete" in refused.output
+
+    monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", original)
+    resumed = run(runner, "--resume", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert runs.read_status(out)["status"] == "complete"
+    assert [e["epoch"] for e in epochs_logged(out)] == [1, 2, 3]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["epochs_run"] == 3 and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+
+
+def test_resume_continues_exactly_where_it_stopped(runner, toy, tmp_path):
+    """Two epochs, then two more from the checkpoint, ends with the same weights as four at once."""
+    from safetensors.torch import load_file
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ["--data", toy, "--warmup-ratio", 0, "--scheduler", "cosine"]
+    assert run(runner, *common, "--epochs", 4, "--output", straight, "--lr", 0.001).exit_code == 0
+    # A run of 2 epochs scheduled for 4: start with --epochs 4 but stop after 2 by crashing.
+    from taskzoo import trainer as trainer_module
+
+    original = trainer_module.Trainer._end_epoch
+
+    def stop_after_two(self, epoch, *args):
+        original(self, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    trainer_module.Trainer._end_epoch = stop_after_two
+    try:
+        run(runner, *common, "--epochs", 4, "--output", split, "--lr", 0.001)
+    finally:
+        trainer_module.Trainer._end_epoch = original
+    assert run(runner, "--resume", split).exit_code == 0
+    a = load_file(str(straight / "checkpoint" / "model.safetensors"))
+    b = load_file(str(split / "checkpoint" / "model.safetensors"))
+    assert all(a[key].allclose(b[key], atol=1e-6) for key in a)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(runner, toy, tmp_path):
+    out = tmp_path / "run"
+    # 200 points, 20% validation -> 160 train, batch 8 -> 20 batches; accumulate 4 -> 5 updates/epoch.
+    result = run(runner, "--data", toy, "--output", out, "--epochs", 2, "--grad-accum", 4, "--log-every", 1)
+    assert result.exit_code == 0, result.output
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["global_step"] == 10
+
+
+def test_tensorboard_logs_when_asked(runner, toy, tmp_path):
+    out = tmp_path / "run"
+    assert run(runner, "--data", toy, "--output", out, "--epochs", 1, "--tensorboard").exit_code == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_data_check_errors_stop_before_training(runner, toy, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(toy.read_text().replace("left", "bad", 1))
+    result = run(runner, "--data", bad, "--output", tmp_path / "never")
+    assert result.exit_code == 2
+    assert "label 'bad' is not allowed" in result.output
+    assert not (tmp_path / "never").exists()
+    checked = runner.invoke(cli, ["check", "toy", "--data", str(bad)])
+    assert checked.exit_code == 2 and "200 points" in checked.output
+
+
+def test_existing_output_folder_is_not_overwritten(runner, toy, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    result = run(runner, "--data", toy, "--output", out)
+    assert result.exit_code == 2 and "not empty" in result.output
+
+
+def test_evaluate_and_predict_with_task_options(runner, toy, tmp_path):
+    out = tmp_path / "run"
+    assert run(runner, "--data", toy, "--output", out, "--epochs", 2).exit_code == 0
+    evaluated = runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(toy), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["accuracy"] > 0.9
+    assert (out / "eval-points" / "metrics.json").exists()
+    predicted = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy), "--flavour", "sweet"])
+    assert predicted.exit_code == 0, predicted.output
+    assert predicted.output.splitlines()[:1] in (["left"], ["right"]) and len(predicted.output.splitlines()) == 200
+    wrong = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy), "--colour", "red"])
+    assert wrong.exit_code == 2 and "No such option '--colour'" in wrong.output
+
+
+def test_warmup_then_linear_and_cosine_decay():
+    linear = lr_lambda(10, 110, "linear")
+    assert linear(0) == pytest.approx(0.1) and linear(9) == pytest.approx(1.0)
+    assert linear(60) == pytest.approx(0.5) and linear(110) == pytest.approx(0.0)
+    cosine = lr_lambda(0, 100, "cosine")
+    assert cosine(0) == pytest.approx(1.0) and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
