@@ -1,0 +1,116 @@
+"""End to end: fine-tune the real offline MiniLM on reviews, then evaluate and predict with it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_csv
+
+from taskzoo import runs
+from taskzoo.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(review_split, tmp_path_factory):
+    train, test = review_split
+    out = tmp_path_factory.mktemp("sentiment") / "run"
+    result = CliRunner().invoke(cli, ["run", "sentiment", "--data", str(train), "--epochs", "3", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, train, test
+
+
+def test_run_folder_is_complete(trained):
+    out, _, _ = trained
+    assert runs.read_status(out)["status"] == "complete"
+    for name in ("config.yaml", "metrics.json", "metrics.jsonl", "labels.json", "README.md",
+                 "training_curves.png", "confusion_matrix.png", "model/model.safetensors", "model/config.json",
+                 "model/tokenizer.json", "checkpoint/trainer_state.json"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "metrics.json").read_text())
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0]
+    assert summary["val"]["accuracy"] == summary["best"]
+    assert "| accuracy |" in (out / "README.md").read_text()
+
+
+def test_fine_tuned_accuracy_on_held_out_reviews_is_far_above_majority(trained, runner):
+    out, _, test = trained
+    with test.open() as stream:
+        labels = [row["sentiment"] for row in csv.DictReader(stream)]
+    majority = Counter(labels).most_common(1)[0][1] / len(labels)
+    result = runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(test), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["accuracy"] >= majority + 0.25, (metrics["accuracy"], majority)
+    assert sum(map(sum, metrics["confusion_matrix"])) == len(labels)
+    assert (out / f"eval-{test.stem}" / "confusion_matrix.png").exists()
+
+
+def test_predict_file_and_inline_text(trained, runner, tmp_path):
+    out, _, test = trained
+    preds = tmp_path / "preds.csv"
+    result = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(test), "--output", str(preds)])
+    assert result.exit_code == 0, result.output
+    with preds.open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0]) == ["review", "sentiment", "prediction", "score"]
+    with test.open() as stream:
+        assert [r["review"] for r in rows] == [r["review"] for r in csv.DictReader(stream)]
+    agreement = sum(r["prediction"] == r["sentiment"] for r in rows) / len(rows)
+    assert agreement > 0.75
+    inline = runner.invoke(cli, ["predict", "--model", str(out), "--text", "the hoppy finish was wonderful",
+                                 "--text", "stale, flat and overpriced; never again"])
+    assert inline.exit_code == 0, inline.output
+    first, second = [line.split("\t") for line in inline.output.strip().splitlines()]
+    assert (first[0], second[0]) == ("positive", "negative")
+    jsonl = tmp_path / "preds.jsonl"
+    assert runner.invoke(cli, ["predict", "--model", str(out), "--data", str(test), "--output", str(jsonl)]).exit_code == 0
+    record = json.loads(jsonl.read_text().splitlines()[0])
+    assert set(record["scores"]) == {"negative", "positive"} and record["row"] == 1
+
+
+def test_model_folder_loads_in_a_transformers_pipeline(trained):
+    from transformers import pipeline
+
+    out, _, _ = trained
+    classify = pipeline("text-classification", model=str(out / "model"))
+    assert classify("An absolute delight, I would buy it again tomorrow.")[0]["label"] == "positive"
+
+
+def test_label_unseen_in_training_is_refused_by_evaluate(trained, runner, tmp_path):
+    out, _, _ = trained
+    test = write_csv(tmp_path / "test.csv", ["review", "sentiment"], [["great", "positive"], ["okay I guess", "neutral"]])
+    result = runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(test)])
+    assert result.exit_code == 2
+    assert f"error: {test}: row 2, column 'sentiment': label 'neutral' was never seen in training (known: negative, positive)" in result.output
+
+
+def test_data_parallel_with_two_cpu_processes_over_gloo(review_rows, tmp_path):
+    """accelerate launch starts two processes; they share one run folder and see each example once."""
+    data = write_csv(tmp_path / "small.csv", ["review", "sentiment"], review_rows[:80])
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+        "-m", "taskzoo", "run", "sentiment", "--data", str(data), "--epochs", "1", "--device", "cpu",
+        "--output", str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.strip().splitlines()[-1] == f"run folder: {out}"
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["processes"] == 2
+    # 80 rows, 20% validation: every one of the 16 is scored once, none twice.
+    assert sum(map(sum, summary["val"]["confusion_matrix"])) == 16
+    assert runs.read_status(out)["status"] == "complete"
