@@ -386,7 +386,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:.{digits}f}"
     return str(value)
 
@@ -402,9 +402,11 @@ def print_report(summary: dict[str, Any], repeats: int) -> None:
         f"device {tz['device']} ({tz['mixed_precision']}), torch threads {tz['threads']}, "
         f"repeats {repeats}{' (medians)' if repeats > 1 else ''}; transformers optim {hf['optim']}, sampler {hf['sampler']}"
     )
-    for name, ok in summary["checks"].items():
-        if not ok:
-            print(f"WARNING: {name.replace('_', ' ')} check failed: the arms did not get identical inputs")
+    failed = [name.replace("_", " ") for name, ok in summary["checks"].items() if not ok]
+    if failed:
+        print(f"WARNING: check failed ({', '.join(failed)}): the arms did not get identical inputs")
+    else:
+        print("checks: both arms got the same data split (texts, label ids) and the same initial weights")
     rows = [
         ("samples/s (fit incl. eval)", _fmt(tz["samples_per_second"]), _fmt(hf["samples_per_second"])),
         ("fit seconds", _fmt(tz["fit_seconds"]), _fmt(hf["fit_seconds"])),
@@ -419,7 +421,7 @@ def print_report(summary: dict[str, Any], repeats: int) -> None:
     rows += [
         ("val accuracy by epoch", " ".join(f"{a:.3f}" for a in tz["val_accuracy_by_epoch"]),
          " ".join(f"{a:.3f}" for a in hf["val_accuracy_by_epoch"])),
-        ("best epoch (taskzoo keeps it)", _fmt(tz["best_epoch"]), "-"),
+        ("best epoch (taskzoo keeps it)", _fmt(tz["best_epoch"], 0), "-"),
         ("final train loss", _fmt(tz["final_train_loss"], 4), _fmt(hf["final_train_loss"], 4)),
     ]
     if repeats > 1:

@@ -87,6 +87,8 @@ def test_unreachable_hub_backbone_fails_fast_naming_offline_ones(runner, tmp_pat
                                  "--output", str(tmp_path / "run")])
     assert time.monotonic() - started < 30
     assert_user_error(result, "'distilbert-base-uncased'", "cannot be reached", "work offline: all-minilm-l6-v2")
+    typo = runner.invoke(cli, ["run", "sentiment", "--data", str(data), "--backbone", "minilm"])
+    assert_user_error(typo, "'minilm' is not a sentiment backbone in the catalog", "work offline: all-minilm-l6-v2")
     assert not (tmp_path / "run").exists()
 
 

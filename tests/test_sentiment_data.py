@@ -101,3 +101,10 @@ def test_stratified_split_keeps_class_shares_and_is_seeded():
     assert Counter(labels[i] for i in val) == {"a": 16, "b": 4}
     assert stratified_split(labels, 0.2, seed=3) == (train, val)
     assert stratified_split(labels, 0.2, seed=4) != (train, val)
+
+
+def test_plain_text_lines_for_prediction(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("first review\n\n  second one  \n", encoding="utf-8")
+    data = read_texts(path, role="predict")
+    assert data.texts == ["first review", "second one"] and data.rows == [1, 3]

@@ -105,9 +105,13 @@ def load_from_hub(host: PluginHost, backbone: BackboneSpec, load: Callable[..., 
         return load(backbone.location, local_files_only=True)
     except (OSError, ValueError):
         pass
+    # An ad-hoc hub id (not from the catalog) may just as well be a typo of a catalog name.
+    what = f"backbone '{backbone.name}'" if backbone.plugin else (
+        f"'{backbone.name}' is not a {backbone.task} backbone in the catalog ('tasks backbones {backbone.task}') and, as a hub id, it"
+    )
     if not hub_reachable():
         raise UserError(
-            f"backbone '{backbone.name}' is not in the local Hugging Face cache and the hub cannot "
+            f"{what} is not in the local Hugging Face cache and the hub cannot "
             f"be reached (no network?); {_known_line(host, backbone.task, offline_only=True)}"
         )
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import DataError, Finding
-from taskzoo.tables import find_column, read_table
+from taskzoo.tables import find_column, read_table, read_text
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content", "body", "comment", "review_text", "document", "tweet", "message")
 LABEL_COLUMNS = ("label", "sentiment", "stars", "rating", "class", "polarity", "target", "category")
@@ -85,6 +85,8 @@ def read_texts(
 ) -> TextData:
     """Read one file for ``role`` (train/val/test/predict); a `DataError` names what is wrong."""
     path = Path(path)
+    if role == "predict" and path.suffix.lower() == ".txt":
+        return _read_lines(path)
     frame = read_table(path)
     columns = list(frame.columns)
     text_col = find_column(path, columns, text_column, TEXT_COLUMNS, "text", "--text-column")
@@ -151,6 +153,19 @@ def read_texts(
         text_column=text_col, label_column=label_col if raw_labels is not None else None,
         columns=columns, records=records, dropped=dropped,
     )
+
+
+def _read_lines(path: Path) -> TextData:
+    """A plain text file for prediction: one text per non-empty line."""
+    texts, rows = [], []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if line.strip():
+            texts.append(line.strip())
+            rows.append(number)
+    if not texts:
+        raise DataError(f"{path}: no non-empty lines to predict for")
+    return TextData(path=path, texts=texts, labels=None, rows=rows, text_column="text", label_column=None,
+                    columns=["text"], records=[{"text": t} for t in texts])
 
 
 def _is_number(text: str) -> bool:
