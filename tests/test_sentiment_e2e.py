@@ -50,7 +50,7 @@ def test_fine_tuned_accuracy_on_held_out_reviews_is_far_above_majority(trained, 
     majority = Counter(labels).most_common(1)[0][1] / len(labels)
     result = runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(test), "--json"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = json.loads(result.stdout)
     assert metrics["accuracy"] >= majority + 0.25, (metrics["accuracy"], majority)
     assert sum(map(sum, metrics["confusion_matrix"])) == len(labels)
     assert (out / f"eval-{test.stem}" / "confusion_matrix.png").exists()
@@ -71,7 +71,7 @@ def test_predict_file_and_inline_text(trained, runner, tmp_path):
     inline = runner.invoke(cli, ["predict", "--model", str(out), "--text", "the hoppy finish was wonderful",
                                  "--text", "stale, flat and overpriced; never again"])
     assert inline.exit_code == 0, inline.output
-    first, second = [line.split("\t") for line in inline.output.strip().splitlines()]
+    first, second = [line.split("\t") for line in inline.stdout.strip().splitlines()]
     assert (first[0], second[0]) == ("positive", "negative")
     jsonl = tmp_path / "preds.jsonl"
     assert runner.invoke(cli, ["predict", "--model", str(out), "--data", str(test), "--output", str(jsonl)]).exit_code == 0

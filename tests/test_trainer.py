@@ -172,11 +172,11 @@ def test_evaluate_and_predict_with_task_options(runner, toy, tmp_path):
     assert run(runner, "--data", toy, "--output", out, "--epochs", 2).exit_code == 0
     evaluated = runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(toy), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.output)["accuracy"] > 0.9
+    assert json.loads(evaluated.stdout)["accuracy"] > 0.9
     assert (out / "eval-points" / "metrics.json").exists()
     predicted = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy), "--flavour", "sweet"])
     assert predicted.exit_code == 0, predicted.output
-    assert predicted.output.splitlines()[:1] in (["left"], ["right"]) and len(predicted.output.splitlines()) == 200
+    assert predicted.stdout.splitlines()[:1] in (["left"], ["right"]) and len(predicted.stdout.splitlines()) == 200
     wrong = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy), "--colour", "red"])
     assert wrong.exit_code == 2 and "No such option '--colour'" in wrong.output
 

@@ -29,8 +29,7 @@ def plot_training_curves(metrics_jsonl: Path, output: Path, main_metric: str) ->
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
     if steps:
         loss_axis.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (steps)", alpha=0.6)
-    updates_per_epoch = (steps[-1]["step"] / steps[-1]["epoch"]) if steps else 1
-    x_epochs = [r["epoch"] * updates_per_epoch for r in epochs]
+    x_epochs = [r["step"] for r in epochs]
     loss_axis.plot(x_epochs, [r["train_loss"] for r in epochs], "o-", label="train loss (epoch)")
     if "val_loss" in epochs[0]:
         loss_axis.plot(x_epochs, [r["val_loss"] for r in epochs], "s-", label="validation loss")

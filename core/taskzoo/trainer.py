@@ -8,10 +8,14 @@ main metric, early stopping, the best model kept, a checkpoint to resume from, a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import random
+import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from taskzoo.errors import UserError
@@ -96,6 +100,11 @@ def batch_size_of(batch: Any) -> int:
     return 1
 
 
+def _progress(accelerator: Accelerator, loader: Any, description: str) -> Any:
+    return tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True,
+                disable=not accelerator.is_local_main_process)
+
+
 @torch.no_grad()
 def evaluate(
     accelerator: Accelerator,
@@ -109,7 +118,7 @@ def evaluate(
     model.eval()
     pairs: list[tuple[Any, Any]] = []
     loss_sum, loss_count = 0.0, 0
-    for batch in loader:
+    for batch in _progress(accelerator, loader, "evaluating"):
         out = model(batch)
         if out.get("loss") is not None:
             size = batch_size_of(batch)
@@ -133,7 +142,7 @@ def predict_all(accelerator: Accelerator, model: torch.nn.Module, loader: Any, t
     """The task's predictions for every example in ``loader``, in loader order."""
     model.eval()
     predictions: list[Any] = []
-    for batch in loader:
+    for batch in _progress(accelerator, loader, "predicting"):
         local = task.predictions(batch, model(batch)["output"])
         predictions.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
     return predictions
@@ -178,7 +187,7 @@ class Trainer:
         )
         self.updates_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
         total = self.updates_per_epoch * args.epochs
-        optimizer = torch.optim.AdamW(self._parameter_groups(model), lr=args.lr)
+        optimizer = _adamw(self._parameter_groups(model), args.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(int(total * args.warmup_ratio), total, args.scheduler)
         )
@@ -194,6 +203,11 @@ class Trainer:
             except ImportError:
                 raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self._best_changed = False
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskzoo-checkpoint")
+        self._pending: Future | None = None
+        self._samples_seen, self._train_seconds = 0, 0.0
         self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
 
     @staticmethod
@@ -217,28 +231,61 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the weights, safe to write while training goes on."""
+        weights = self.accelerator.unwrap_model(self.model).state_dict()
+        return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in weights.items()}
+
     def save_checkpoint(self) -> None:
+        """Snapshot weights, optimizer, scheduler, random and trainer state; write them in the
+        background (the next epoch trains meanwhile) into ``checkpoint/``, swapped in whole."""
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            folder = self.run_dir / CHECKPOINT
-            partial = self.run_dir / (CHECKPOINT + ".partial")
-            partial.mkdir(parents=True, exist_ok=True)
-            save_model(self.accelerator.unwrap_model(self.model), str(partial / "model.safetensors"))
-            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state()}, partial / "rng.pt")
-            state = {**self.state, "python_rng": _jsonable_random_state()}
-            (partial / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
-            if folder.exists():
-                _remove_tree(folder)
-            partial.rename(folder)
-        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        self.wait_for_writes()
+        snapshot = {
+            "weights": self._snapshot(),
+            "best_weights": self.best_weights if self._best_changed else None,
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(self.scheduler.state_dict()),
+            "rng": {"torch": torch.get_rng_state()},
+            "state": {**copy.deepcopy(self.state), "python_rng": _jsonable_random_state()},
+        }
+        self._best_changed = False
+        self._pending = self._writer.submit(self._write_checkpoint, snapshot)
+
+    def _write_checkpoint(self, snapshot: dict[str, Any]) -> None:
+        folder = self.run_dir / CHECKPOINT
+        partial = self.run_dir / (CHECKPOINT + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        save_file(snapshot["weights"], str(partial / "model.safetensors"))
+        if snapshot["best_weights"] is not None:
+            save_file(snapshot["best_weights"], str(partial / "best.safetensors"))
+        elif (folder / "best.safetensors").exists():
+            os.link(folder / "best.safetensors", partial / "best.safetensors")
+        torch.save(snapshot["optimizer"], partial / "optimizer.pt")
+        torch.save(snapshot["scheduler"], partial / "scheduler.pt")
+        torch.save(snapshot["rng"], partial / "rng.pt")
+        (partial / "trainer_state.json").write_text(json.dumps(snapshot["state"]), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
+
+    def wait_for_writes(self) -> None:
+        """Block until the last checkpoint is on disk; re-raise its error if writing failed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def load_checkpoint(self) -> None:
         folder = self.run_dir / CHECKPOINT
         if not (folder / "trainer_state.json").exists():
             raise UserError(f"{self.run_dir}: no checkpoint to resume from (no {CHECKPOINT}/ folder)")
-        load_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
+        self.accelerator.unwrap_model(self.model).load_state_dict(load_file(str(folder / "model.safetensors")))
+        if (folder / "best.safetensors").exists():
+            self.best_weights = load_file(str(folder / "best.safetensors"))
         # Our own files, written above; weights_only still refuses anything but tensors and plain data.
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
@@ -248,6 +295,15 @@ class Trainer:
         random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
         self.state = state
 
+    def save_best_model(self) -> None:
+        """Put the best epoch's weights into the model and save it the task's way into ``model/``."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process and self.best_weights is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            model.load_state_dict(self.best_weights)
+            self.task.save(model, self.run_dir / "model")
+        self.accelerator.wait_for_everyone()
+
     # -- the loop --------------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -256,10 +312,37 @@ class Trainer:
         if resume:
             self.load_checkpoint()
         started = time.perf_counter()
-        samples_seen = 0
-        train_seconds = 0.0
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        try:
+            self._train_epochs()
+        finally:
+            # Let the last epoch's checkpoint land even when training stops on an error.
+            self.wait_for_writes()
+        self.save_best_model()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return {
+            "best_epoch": self.state["best_epoch"],
+            "main_metric": self.main_metric,
+            "best": self.state["best"],
+            "epochs_run": self.state["epoch"],
+            "stopped_early": self._should_stop() and self.state["epoch"] < args.epochs,
+            "val": next(
+                (h["val"] for h in self.state["history"] if h["epoch"] == self.state["best_epoch"]), {}
+            ),
+            "history": self.state["history"],
+            "train_samples_per_second": self._samples_seen / self._train_seconds if self._train_seconds else None,
+            "wall_seconds": time.perf_counter() - started,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+            "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "device": str(accelerator.device),
+            "args": asdict(args),
+        }
+
+    def _train_epochs(self) -> None:
+        args, accelerator = self.args, self.accelerator
         while self.state["epoch"] < args.epochs and not self._should_stop():
             epoch = self.state["epoch"] + 1
             self.model.train()
@@ -308,31 +391,10 @@ class Trainer:
                         window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
             bar.close()
             epoch_seconds = time.perf_counter() - epoch_start
-            train_seconds += epoch_seconds
-            samples_seen += epoch_samples
+            self._train_seconds += epoch_seconds
+            self._samples_seen += epoch_samples
             val, _ = evaluate(accelerator, self.model, self.val_loader, self.task, self.metrics, self.context)
             self._end_epoch(epoch, val, loss_total / max(loss_batches, 1), epoch_samples / max(epoch_seconds, 1e-9))
-        accelerator.wait_for_everyone()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        return {
-            "best_epoch": self.state["best_epoch"],
-            "main_metric": self.main_metric,
-            "best": self.state["best"],
-            "epochs_run": self.state["epoch"],
-            "stopped_early": self._should_stop() and self.state["epoch"] < args.epochs,
-            "val": next(
-                (h["val"] for h in self.state["history"] if h["epoch"] == self.state["best_epoch"]), {}
-            ),
-            "history": self.state["history"],
-            "train_samples_per_second": samples_seen / train_seconds if train_seconds else None,
-            "wall_seconds": time.perf_counter() - started,
-            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-            "processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "device": str(accelerator.device),
-            "args": asdict(args),
-        }
 
     def _end_epoch(self, epoch: int, val: dict[str, Any], train_loss: float, samples_per_second: float) -> None:
         score = val[self.main_metric]
@@ -342,7 +404,7 @@ class Trainer:
             {"epoch": epoch, "train_loss": train_loss, "samples_per_second": samples_per_second, "val": val}
         )
         scalars = {k: v for k, v in val.items() if isinstance(v, (int, float))}
-        self._log({"type": "epoch", "epoch": epoch, "train_loss": train_loss,
+        self._log({"type": "epoch", "epoch": epoch, "step": self.state["global_step"], "train_loss": train_loss,
                    "samples_per_second": samples_per_second, **{f"val_{k}": v for k, v in scalars.items()}})
         if self.accelerator.is_main_process:
             tqdm.write(
@@ -351,9 +413,9 @@ class Trainer:
             )
         if improved:
             self.state.update(best=score, best_epoch=epoch, bad_epochs=0)
-            self.accelerator.wait_for_everyone()
             if self.accelerator.is_main_process:
-                self.task.save(self.accelerator.unwrap_model(self.model), self.run_dir / "model")
+                self.best_weights = self._snapshot()
+                self._best_changed = True
         else:
             self.state["bad_epochs"] += 1
         self.state["epoch"] = epoch
@@ -364,12 +426,16 @@ class Trainer:
         return bool(patience) and self.state["bad_epochs"] >= patience
 
 
+def _adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """AdamW, fused where this PyTorch supports it for the parameters (several times faster on CPU)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
 def _jsonable_random_state() -> list[Any]:
     version, internal, gauss = random.getstate()
     return [version, list(internal), gauss]
 
 
-def _remove_tree(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder)
