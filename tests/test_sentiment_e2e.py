@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from conftest import write_csv
 
@@ -113,4 +114,33 @@ def test_data_parallel_with_two_cpu_processes_over_gloo(review_rows, tmp_path):
     assert summary["processes"] == 2
     # 80 rows, 20% validation: every one of the 16 is scored once, none twice.
     assert sum(map(sum, summary["val"]["confusion_matrix"])) == 16
+    assert runs.read_status(out)["status"] == "complete"
+
+
+def test_hub_id_in_the_local_hugging_face_cache_trains_without_network(review_rows, tmp_path):
+    """A hub backbone already in the user's cache is used offline, without touching the network."""
+    from taskzoo.backbones import locate
+    from taskzoo.plugins import PluginHost
+
+    package_copy = Path(locate(PluginHost().default_backbone("sentiment")))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--minilm-copy"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        (snapshot / name).symlink_to(package_copy / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    data = write_csv(tmp_path / "small.csv", ["review", "sentiment"], review_rows[:60])
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
+    env.pop("HF_HUB_OFFLINE", None)
+    command = [sys.executable, "-m", "taskzoo", "run", "sentiment", "--data", str(data), "--epochs", "1",
+               "--backbone", "someone/minilm-copy", "--output", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
+    assert resolved["backbone"] == {"name": "someone/minilm-copy", "source": "hub", "location": "someone/minilm-copy",
+                                    "licence": "see its model card", "params": None}
     assert runs.read_status(out)["status"] == "complete"
