@@ -218,14 +218,11 @@ def _task_click_options(spec: TaskSpec, command: str) -> list[click.Option]:
 
 
 def _task_option_values(spec: TaskSpec, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The task's own options, defaults filled in."""
-    resolved = {}
-    for option in spec.options:
-        value = values.get(option.key)
-        if value in (None, ()) and option.key not in values:
-            value = option.default
-        resolved[option.key] = value if value not in (None, ()) else option.default
-    return resolved
+    """The task's own options, defaults filled in where no value was given."""
+    return {
+        option.key: option.default if values.get(option.key) in (None, (), []) else values[option.key]
+        for option in spec.options
+    }
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
