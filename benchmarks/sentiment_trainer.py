@@ -271,7 +271,9 @@ def _fit_hf(opts: argparse.Namespace, task: Any, network: Any, split: dict[str, 
             max_grad_norm=MAX_GRAD_NORM,
             seed=opts.seed,
             eval_strategy="epoch",
-            save_strategy="no",
+            # Like for like: taskzoo writes a resumable checkpoint (weights, optimizer, scheduler,
+            # random state) after every epoch; --hf-save no shows transformers without that work.
+            save_strategy=opts.hf_save,
             report_to="none",
             logging_steps=LOG_EVERY,
             use_cpu=not cuda,
@@ -305,6 +307,7 @@ def _fit_hf(opts: argparse.Namespace, task: Any, network: Any, split: dict[str, 
         "mixed_precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
         "optim": str(getattr(args.optim, "value", args.optim)),
         "sampler": opts.hf_sampler,
+        "save": opts.hf_save,
     }
 
 
@@ -317,6 +320,7 @@ def _child_command(opts: argparse.Namespace, arm: str, split_file: Path) -> list
         "--data", str(opts.data), "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size),
         "--lr", repr(opts.lr), "--seed", str(opts.seed), "--warmup-ratio", repr(opts.warmup_ratio),
         "--val-fraction", repr(opts.val_fraction), "--hf-sampler", opts.hf_sampler,
+        "--hf-save", opts.hf_save,
     ]
     for flag, value in (("--threads", opts.threads), ("--backbone", opts.backbone), ("--hf-optim", opts.hf_optim)):
         if value:
@@ -400,7 +404,7 @@ def print_report(summary: dict[str, Any], repeats: int) -> None:
     )
     print(
         f"device {tz['device']} ({tz['mixed_precision']}), torch threads {tz['threads']}, "
-        f"repeats {repeats}{' (medians)' if repeats > 1 else ''}; transformers optim {hf['optim']}, sampler {hf['sampler']}"
+        f"repeats {repeats}{' (medians)' if repeats > 1 else ''}; transformers optim {hf['optim']}, sampler {hf['sampler']}, checkpoints {hf.get('save')}"
     )
     failed = [name.replace("_", " ") for name, ok in summary["checks"].items() if not ok]
     if failed:
@@ -474,6 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default=None, help="backbone name (default: the task's offline default)")
     parser.add_argument("--hf-sampler", default="group_by_length", choices=["group_by_length", "random"],
                         help="transformers train_sampling_strategy; group_by_length matches taskzoo's length-grouped batches")
+    parser.add_argument("--hf-save", default="epoch", choices=["epoch", "no"],
+                        help="transformers checkpoints: each epoch like taskzoo (default), or none")
     parser.add_argument("--hf-optim", default=None, help="transformers optim (default: its own, adamw_torch_fused)")
     parser.add_argument("--json", action="store_true", help="print the final result as JSON")
     parser.add_argument("--verbose", action="store_true", help="show the arms' progress bars and logs")

@@ -8,14 +8,12 @@ main metric, early stopping, the best model kept, a checkpoint to resume from, a
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import random
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from taskzoo.errors import UserError
@@ -32,6 +30,7 @@ from taskzoo.specs import MetricContext, MetricSpec
 from taskzoo.task import Task
 
 CHECKPOINT = "checkpoint"
+BEST_WEIGHTS = "best.safetensors"
 
 
 @dataclass
@@ -203,10 +202,6 @@ class Trainer:
             except ImportError:
                 raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.best_weights: dict[str, torch.Tensor] | None = None
-        self._best_changed = False
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskzoo-checkpoint")
-        self._pending: Future | None = None
         self._samples_seen, self._train_seconds = 0, 0.0
         self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
 
@@ -231,61 +226,37 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the weights, safe to write while training goes on."""
-        weights = self.accelerator.unwrap_model(self.model).state_dict()
-        return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in weights.items()}
-
     def save_checkpoint(self) -> None:
-        """Snapshot weights, optimizer, scheduler, random and trainer state; write them in the
-        background (the next epoch trains meanwhile) into ``checkpoint/``, swapped in whole."""
+        """Write weights, optimizer, scheduler, random and trainer state into ``checkpoint/``,
+        swapped in whole so a crash never leaves half a checkpoint. ``best.safetensors`` is a hard
+        link to the best epoch's weights, so keeping the best model costs no extra copy."""
         self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
-        self.wait_for_writes()
-        snapshot = {
-            "weights": self._snapshot(),
-            "best_weights": self.best_weights if self._best_changed else None,
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "scheduler": copy.deepcopy(self.scheduler.state_dict()),
-            "rng": {"torch": torch.get_rng_state()},
-            "state": {**copy.deepcopy(self.state), "python_rng": _jsonable_random_state()},
-        }
-        self._best_changed = False
-        self._pending = self._writer.submit(self._write_checkpoint, snapshot)
-
-    def _write_checkpoint(self, snapshot: dict[str, Any]) -> None:
-        folder = self.run_dir / CHECKPOINT
-        partial = self.run_dir / (CHECKPOINT + ".partial")
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-        save_file(snapshot["weights"], str(partial / "model.safetensors"))
-        if snapshot["best_weights"] is not None:
-            save_file(snapshot["best_weights"], str(partial / "best.safetensors"))
-        elif (folder / "best.safetensors").exists():
-            os.link(folder / "best.safetensors", partial / "best.safetensors")
-        torch.save(snapshot["optimizer"], partial / "optimizer.pt")
-        torch.save(snapshot["scheduler"], partial / "scheduler.pt")
-        torch.save(snapshot["rng"], partial / "rng.pt")
-        (partial / "trainer_state.json").write_text(json.dumps(snapshot["state"]), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        partial.rename(folder)
-
-    def wait_for_writes(self) -> None:
-        """Block until the last checkpoint is on disk; re-raise its error if writing failed."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        if self.accelerator.is_main_process:
+            folder = self.run_dir / CHECKPOINT
+            partial = self.run_dir / (CHECKPOINT + ".partial")
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            save_model(self.accelerator.unwrap_model(self.model), str(partial / "model.safetensors"))
+            if self.state["best_epoch"] == self.state["epoch"]:
+                _link(partial / "model.safetensors", partial / BEST_WEIGHTS)
+            elif (folder / BEST_WEIGHTS).exists():
+                _link(folder / BEST_WEIGHTS, partial / BEST_WEIGHTS)
+            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state()}, partial / "rng.pt")
+            state = {**self.state, "python_rng": _jsonable_random_state()}
+            (partial / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+            if folder.exists():
+                shutil.rmtree(folder)
+            partial.rename(folder)
+        self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
         folder = self.run_dir / CHECKPOINT
         if not (folder / "trainer_state.json").exists():
             raise UserError(f"{self.run_dir}: no checkpoint to resume from (no {CHECKPOINT}/ folder)")
-        self.accelerator.unwrap_model(self.model).load_state_dict(load_file(str(folder / "model.safetensors")))
-        if (folder / "best.safetensors").exists():
-            self.best_weights = load_file(str(folder / "best.safetensors"))
+        load_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
         # Our own files, written above; weights_only still refuses anything but tensors and plain data.
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
@@ -296,11 +267,12 @@ class Trainer:
         self.state = state
 
     def save_best_model(self) -> None:
-        """Put the best epoch's weights into the model and save it the task's way into ``model/``."""
+        """Load the best epoch's weights into the model and save it the task's way into ``model/``."""
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process and self.best_weights is not None:
+        best = self.run_dir / CHECKPOINT / BEST_WEIGHTS
+        if self.accelerator.is_main_process and best.exists():
             model = self.accelerator.unwrap_model(self.model)
-            model.load_state_dict(self.best_weights)
+            load_model(model, str(best))
             self.task.save(model, self.run_dir / "model")
         self.accelerator.wait_for_everyone()
 
@@ -314,11 +286,7 @@ class Trainer:
         started = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        try:
-            self._train_epochs()
-        finally:
-            # Let the last epoch's checkpoint land even when training stops on an error.
-            self.wait_for_writes()
+        self._train_epochs()
         self.save_best_model()
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -413,9 +381,6 @@ class Trainer:
             )
         if improved:
             self.state.update(best=score, best_epoch=epoch, bad_epochs=0)
-            if self.accelerator.is_main_process:
-                self.best_weights = self._snapshot()
-                self._best_changed = True
         else:
             self.state["bad_epochs"] += 1
         self.state["epoch"] = epoch
@@ -432,6 +397,13 @@ def _adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # file systems without hard links
+        shutil.copy2(source, target)
 
 
 def _jsonable_random_state() -> list[Any]:
