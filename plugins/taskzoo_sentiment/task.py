@@ -13,23 +13,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.backbones import load_from_hub, locate
 from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
+from taskzoo.hf import load_pretrained, quiet_transformers, token_limit
 from taskzoo.plots import plot_confusion_matrix
-from taskzoo.plugins import get_host
 from taskzoo.task import Task
 from taskzoo_sentiment.data import TextData, read_texts, sort_labels, stratified_split
 
-# Tokenizers without a recorded limit report a huge model_max_length; no encoder we list takes more.
-LONGEST_SUPPORTED = 512
 TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 class SequenceClassifier(torch.nn.Module):
@@ -83,7 +73,6 @@ class SentimentTask(Task):
     def build_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        _quiet_transformers()
         labels = list(labels)
 
         def load(location: str, local_files_only: bool) -> tuple[Any, Any]:
@@ -98,21 +87,10 @@ class SentimentTask(Task):
             )
             return tokenizer, network
 
-        if backbone.source == "hub":
-            tokenizer, network = load_from_hub(get_host(), backbone, load)
-        else:
-            location = locate(backbone)
-            try:
-                tokenizer, network = load(location, True)
-            except (OSError, ValueError) as error:
-                raise UserError(
-                    f"backbone '{backbone.name}': {location} does not hold a transformers model and tokenizer "
-                    f"({str(error).strip().splitlines()[0]})"
-                ) from None
+        tokenizer, network = load_pretrained(backbone, load)
         self.tokenizer = tokenizer
         self._labels = labels
-        limit = min(tokenizer.model_max_length, LONGEST_SUPPORTED)
-        self.max_length = min(self.options.get("max_length") or limit, limit)
+        self.max_length = token_limit(tokenizer, self.options.get("max_length"))
         tokenizer.model_max_length = self.max_length
         return SequenceClassifier(network)
 
@@ -168,7 +146,7 @@ class SentimentTask(Task):
     def load(self, folder: Path) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        _quiet_transformers()
+        quiet_transformers()
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         network = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         id2label = network.config.id2label
