@@ -100,7 +100,8 @@ def batch_size_of(batch: Any) -> int:
 
 
 def _progress(accelerator: Accelerator, loader: Any, description: str) -> Any:
-    return tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True,
+    # Shown only when the work takes more than a moment.
+    return tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, delay=2.0,
                 disable=not accelerator.is_local_main_process)
 
 
