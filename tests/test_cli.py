@@ -23,8 +23,9 @@ def assert_user_error(result, *fragments: str) -> None:
 def test_list_backbones_and_plugins_text_and_json(runner):
     listed = runner.invoke(cli, ["list"])
     assert listed.exit_code == 0 and "sentiment" in listed.output and "all-minilm-l6-v2" in listed.output
-    rows = json.loads(runner.invoke(cli, ["list", "--json"]).output)
-    assert rows[0]["name"] == "sentiment" and rows[0]["data_formats"] == ["csv", "tsv", "jsonl"]
+    rows = {row["name"]: row for row in json.loads(runner.invoke(cli, ["list", "--json"]).output)}
+    assert list(rows) == ["ner", "sentiment"]
+    assert rows["sentiment"]["data_formats"] == ["csv", "tsv", "jsonl"] and rows["ner"]["main_metric"] == "f1"
     assert json.loads(runner.invoke(cli, ["list", "nothing*", "--json"]).output) == []
     backbones = json.loads(runner.invoke(cli, ["backbones", "sentiment", "--json"]).output)
     by_name = {b["name"]: b for b in backbones}
@@ -37,7 +38,7 @@ def test_list_backbones_and_plugins_text_and_json(runner):
 def test_unknown_task_lists_known_ones(runner):
     result = runner.invoke(cli, ["run", "sentimnt", "--data", "x.csv"])
     assert result.exit_code == 2
-    assert "unknown task 'sentimnt'; known tasks: sentiment" in result.output
+    assert "unknown task 'sentimnt'; known tasks: ner, sentiment" in result.output
     assert_user_error(runner.invoke(cli, ["backbones", "sentimnt"]), "unknown task 'sentimnt'")
 
 
@@ -95,3 +96,21 @@ def test_unreachable_hub_backbone_fails_fast_naming_offline_ones(runner, tmp_pat
 def test_predict_and_evaluate_refuse_a_folder_that_is_not_a_run(runner, tmp_path):
     assert_user_error(runner.invoke(cli, ["predict", "--model", str(tmp_path), "--text", "hi"]), "not a taskzoo run folder")
     assert_user_error(runner.invoke(cli, ["evaluate", "--model", str(tmp_path / "nope"), "--data", "x.csv"]), "no such run folder")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        ("bad.conll", "Aspirin B-DRUG\nhelps\n", ("line 2: expected a token and a tag",)),
+        ("bad.conll", "Aspirin DRUG\n", ("line 1: tag 'DRUG' is not in a known scheme",)),
+        ("bad.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', ("line 1: 2 tokens but 1 tags",)),
+        ("bad.jsonl", '{"text": "abc", "entities": [{"start": 0, "end": 9, "label": "X"}]}\n', ("past the end of the text",)),
+        ("none.conll", "a O\nb O\n", ("no entities at all",)),
+    ],
+)
+def test_bad_ner_data_is_one_line_exit_2(runner, tmp_path, name, content, fragments):
+    data = tmp_path / name
+    data.write_text(content, encoding="utf-8")
+    result = runner.invoke(cli, ["run", "ner", "--data", str(data), "--output", str(tmp_path / "run")])
+    assert_user_error(result, str(data), *fragments)
+    assert not (tmp_path / "run").exists()

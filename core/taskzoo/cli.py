@@ -328,21 +328,22 @@ def check_group() -> None:
     """Validate and summarise data exactly as 'run' would read it, without training."""
 
 
-def _print_findings(findings: list[Any], *, quiet_info: bool) -> list[Any]:
-    errors = [f for f in findings if f.level == "error"]
+def _report_findings(findings: list[Any], *, quiet_info: bool) -> None:
+    """Print info and warnings; stop with the first error (and how many more there are)."""
     for finding in findings:
-        if quiet_info and finding.level == "info":
-            continue
-        prefix = {"info": "", "warning": "warning: ", "error": "error: "}[finding.level]
-        click.echo(prefix + finding.message, err=finding.level != "info")
-    return errors
+        if finding.level == "warning":
+            click.echo(f"warning: {finding.message}", err=True)
+        elif finding.level == "info" and not quiet_info:
+            click.echo(finding.message)
+    errors = [f.message for f in findings if f.level == "error"]
+    if errors:
+        more = f" (and {len(errors) - 1} more data error(s): {'; '.join(errors[1:3])})" if len(errors) > 1 else ""
+        raise UserError(errors[0] + more)
 
 
 def _read_checked(host: Any, task: Any, path: Path, role: str, *, labels: Any = None, quiet_info: bool) -> Any:
     data = task.read(path, role=role, labels=labels)
-    errors = _print_findings(host.check_data(task.name, data), quiet_info=quiet_info)
-    if errors:
-        raise UserError(f"{path}: {len(errors)} data error(s) above; fix them before training")
+    _report_findings(host.check_data(task.name, data), quiet_info=quiet_info)
     return data
 
 
@@ -352,10 +353,7 @@ def _check(ctx: click.Context, spec: TaskSpec) -> None:
     if not values["data"]:
         raise click.UsageError("--data is required", ctx)
     task = spec.load()(spec, _task_option_values(spec, values))
-    data = task.read(values["data"], role="train")
-    errors = _print_findings(host.check_data(spec.name, data), quiet_info=False)
-    if errors:
-        raise UserError(f"{values['data']}: {len(errors)} data error(s); 'tasks run' would stop here")
+    _read_checked(host, task, values["data"], "train", quiet_info=False)
     click.echo(f"{values['data']}: ready for 'tasks run {spec.name}'")
 
 
