@@ -145,7 +145,8 @@ def list_backbones(task: str | None, as_json: bool) -> None:
         ["TASK", "BACKBONE", "SOURCE", "PARAMS", "LICENCE", "OFFLINE NOW"],
     ))
     if task:
-        click.echo(f"\nAny Hugging Face hub id also works as --backbone when the hub can be reached.")
+        click.echo("\nNames not listed also work when the hub can be reached: a Hugging Face hub id for text "
+                   "tasks, a timm model name for vision tasks.")
 
 
 @cli.command("plugins")

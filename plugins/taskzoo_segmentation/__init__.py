@@ -1,0 +1,60 @@
+"""Segmentation: fine-tune a segmentation-models-pytorch network with a pretrained timm encoder on
+images and pixel masks (trees in a forest, cells, defects).
+
+This module is what the ``taskzoo`` entry point loads: it only declares records, so listing tasks
+never imports torch. The work happens in `taskzoo_segmentation.task` (networks, augmentation,
+outputs), `taskzoo_segmentation.data` (folders, masks, classes.yaml) and `.metrics` (IoU, Dice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskzoo import Finding, MetricSpec, Option, TaskSpec, hookimpl
+
+TASK = "segmentation"
+
+
+@hookimpl
+def taskzoo_tasks() -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            name=TASK,
+            description="Image segmentation: a class for every pixel (smp networks on timm encoders)",
+            data_formats=("folder: images/ + masks/ (+ classes.yaml, train/ val/)",),
+            task_class="taskzoo_segmentation.task:SegmentationTask",
+            main_metric="mean_iou",
+            defaults={"epochs": 15, "lr": 1e-3, "batch_size": 8, "weight_decay": 1e-4},
+            options=(
+                Option("arch", "Network architecture.", choices=("unet", "unetplusplus", "fpn", "deeplabv3plus",
+                       "linknet", "manet", "pspnet", "segformer"), default="unet", commands=("run",)),
+                Option("image-size", "Side of the square the images are resized and cropped to.", type=int,
+                       default=256, commands=("run",)),
+                Option("loss", "Training loss.", choices=("ce", "dice", "ce+dice"), default="ce+dice", commands=("run",)),
+                Option("no-pretrained", "Start the encoder from random weights (to see what pretraining buys).",
+                       type=bool, default=False, commands=("run",)),
+            ),
+        )
+    ]
+
+
+@hookimpl
+def taskzoo_metrics() -> list[MetricSpec]:
+    from taskzoo_segmentation import metrics
+
+    return [
+        MetricSpec("mean_iou", (TASK,), metrics.mean_iou, description="Intersection over union, averaged over classes."),
+        MetricSpec("mean_dice", (TASK,), metrics.mean_dice, description="Dice (pixel F1), averaged over classes."),
+        MetricSpec("pixel_accuracy", (TASK,), metrics.pixel_accuracy, description="Share of pixels labelled correctly."),
+        MetricSpec("per_class", (TASK,), metrics.per_class, description="IoU, Dice and pixel count per class."),
+        MetricSpec("confusion_matrix", (TASK,), metrics.confusion_matrix, description="Pixel counts: rows true, columns predicted."),
+    ]
+
+
+@hookimpl
+def taskzoo_check_data(task: str, data: Any) -> list[Finding] | None:
+    if task != TASK:
+        return None
+    from taskzoo_segmentation.data import check
+
+    return check(data)
