@@ -161,3 +161,13 @@ def test_fine_tune_from_offline_imagenet_encoder_beats_all_background(tmp_path, 
     assert first.size == Image.open(data / "images" / "coins_00.png").size and first.mode == "P"
     assert set(np.unique(np.asarray(first))) <= {0, 1}
     assert (masks / "coins_00_overlay.png").exists()
+
+
+def test_timm_encoder_without_network_fails_fast_naming_the_offline_one(tmp_path, runner, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    root = make_dataset(tmp_path / "d")
+    result = runner.invoke(cli, ["run", "segmentation", "--data", str(root), "--backbone", "resnet34",
+                                 "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "backbone 'resnet34'" in result.output and "work offline: efficientnet_lite0" in result.output
+    assert not (tmp_path / "run").exists()
