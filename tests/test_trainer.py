@@ -187,3 +187,14 @@ def test_warmup_then_linear_and_cosine_decay():
     assert linear(60) == pytest.approx(0.5) and linear(110) == pytest.approx(0.0)
     cosine = lr_lambda(0, 100, "cosine")
     assert cosine(0) == pytest.approx(1.0) and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+
+
+def test_optimizer_follows_the_recipe(runner, toy, tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    assert run(runner, "--data", toy, "--output", out, "--epochs", 1, "--weight-decay", 0.25, "--lr", 0.05).exit_code == 0
+    groups = torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True)["param_groups"]
+    # Weights decay as asked; biases (1-d tensors) do not.
+    assert [g["weight_decay"] for g in groups] == [0.25, 0.0]
+    assert all(g["initial_lr"] == 0.05 for g in groups)

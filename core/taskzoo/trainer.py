@@ -187,7 +187,7 @@ class Trainer:
         )
         self.updates_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
         total = self.updates_per_epoch * args.epochs
-        optimizer = _adamw(self._parameter_groups(model), args.lr)
+        optimizer = _adamw(self._parameter_groups(model), args.lr, args.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(int(total * args.warmup_ratio), total, args.scheduler)
         )
@@ -392,12 +392,12 @@ class Trainer:
         return bool(patience) and self.state["bad_epochs"] >= patience
 
 
-def _adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, fused where this PyTorch supports it for the parameters (several times faster on CPU)."""
     try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def _link(source: Path, target: Path) -> None:
