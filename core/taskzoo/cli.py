@@ -202,10 +202,13 @@ def _key(name: str) -> str:
 
 
 def _click_option(name: str, kind: Any, default: Any, help_text: str, *, multiple: bool = False) -> click.Option:
-    shown = f"{default}" if default not in (None, False) else None
+    # Defaults are resolved later (task, --config, flags), so click itself defaults to None; the
+    # effective default is shown in the help text.
+    if default not in (None, False, ()):
+        help_text = f"{help_text}  [default: {default}]"
     if kind is bool:
         return click.Option([f"--{name}"], is_flag=True, default=None, help=help_text)
-    return click.Option([f"--{name}"], type=kind, default=None, multiple=multiple, help=help_text, show_default=shown)
+    return click.Option([f"--{name}"], type=kind, default=None, multiple=multiple, help=help_text)
 
 
 def _task_click_options(spec: TaskSpec, command: str) -> list[click.Option]:
@@ -298,7 +301,10 @@ def _task_command(spec: TaskSpec, action: str) -> click.Command:
             click.Option(["--output"], type=click.Path(path_type=Path), help="Run folder (default: runs/TASK-TIMESTAMP)."),
             click.Option(["--resume"], type=click.Path(path_type=Path), help="Continue a run folder from its last checkpoint."),
         ]
-        params += [_click_option(name, kind, default, help_text) for name, kind, default, help_text in TRAINING_OPTIONS]
+        params += [
+            _click_option(name, kind, spec.defaults.get(_key(name), default), help_text)
+            for name, kind, default, help_text in TRAINING_OPTIONS
+        ]
     params += _task_click_options(spec, action)
 
     def callback(**_: Any) -> None:
