@@ -62,8 +62,10 @@ def locate(backbone: BackboneSpec) -> str:
 def available_offline(backbone: BackboneSpec) -> bool:
     """Whether the backbone can be loaded right now with no network."""
     if backbone.source == "package":
-        module = backbone.location.partition("/")[0]
-        return importlib.util.find_spec(module) is not None
+        try:
+            return Path(locate(backbone)).exists()
+        except UserError:
+            return False
     if backbone.source == "local":
         return Path(backbone.location).is_dir()
     if backbone.source in HUB_SOURCES:
