@@ -98,7 +98,7 @@ def run_arm(opts: argparse.Namespace) -> dict[str, Any]:
     spec, task = _common.make_task(host, TASK, _task_options(opts))
     backbone = resolve_backbone(host, TASK, opts.backbone)
     set_seed(opts.seed)
-    model = task.build_model(backbone, shared["labels"])  # a TokenClassifier wrapping .network
+    model = task.build_model(backbone, shared["labels"])  # a TransformersAdapter wrapping .network
     train, val = ner_data(shared, "train"), ner_data(shared, "val")
     # The encoded windows; taskzoo's loaders make the same ones again (task.dataloader -> windows).
     train_windows, val_windows = task.windows(train), task.windows(val)

@@ -84,7 +84,7 @@ def run_arm(opts: argparse.Namespace) -> dict[str, Any]:
     spec, task = _common.make_task(host, TASK)
     backbone = resolve_backbone(host, TASK, opts.backbone)
     set_seed(opts.seed)
-    model = task.build_model(backbone, split["labels"])  # a SequenceClassifier wrapping .network
+    model = task.build_model(backbone, split["labels"])  # a TransformersAdapter wrapping .network
     n_train, n_val = len(split["train"]["texts"]), len(split["val"]["texts"])
     total_steps, warmup_steps = schedule(n_train, opts.batch_size, opts.epochs, opts.warmup_ratio)
     result = _common.arm_result(

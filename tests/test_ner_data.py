@@ -145,7 +145,7 @@ def test_only_the_first_sub_token_of_each_word_carries_its_label(task, tmp_path)
 
 
 def test_long_sentences_become_windows_covering_every_word_once(task, tmp_path):
-    words = [f"Aspirin B-DRUG" if i % 5 == 0 else "and O" for i in range(40)]
+    words = ["Aspirin B-DRUG" if i % 5 == 0 else "and O" for i in range(40)]
     data = read_ner(write(tmp_path, "long.conll", "\n".join(words) + "\n"), role="train")
     items = task.windows(data)
     assert len(items) > 1 and all(len(item["input_ids"]) <= 12 for item in items)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 from conftest import write_csv
 
 from taskzoo import DataError
-from taskzoo_sentiment.data import check, read_texts, stratified_split
+from taskzoo.splits import stratified_split
+from taskzoo_sentiment.data import check, read_texts
 
 
 def test_detects_review_and_stars_columns_and_orders_numeric_labels(tmp_path):

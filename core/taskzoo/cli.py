@@ -19,7 +19,7 @@ from click.core import ParameterSource
 import taskzoo
 from taskzoo.errors import UserError
 from taskzoo.plugins import get_host
-from taskzoo.specs import Option, TaskSpec
+from taskzoo.specs import TaskSpec
 
 
 class UserFacingError(click.ClickException):

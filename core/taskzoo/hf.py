@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
 
 from taskzoo.backbones import load_from_hub, locate
 from taskzoo.errors import UserError
@@ -12,6 +15,8 @@ from taskzoo.plugins import get_host
 from taskzoo.specs import BackboneSpec
 
 T = TypeVar("T")
+
+TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
 
 # Tokenizers without a recorded limit report a huge model_max_length; no encoder we list takes more.
 LONGEST_SUPPORTED = 512
@@ -48,3 +53,53 @@ def token_limit(tokenizer: Any, requested: int | None) -> int:
     """``requested`` (``--max-length``) capped at what the backbone takes."""
     limit = min(tokenizer.model_max_length, LONGEST_SUPPORTED)
     return min(requested or limit, limit)
+
+
+class TransformersAdapter(torch.nn.Module):
+    """Adapts a transformers model with a classification head (sequence or token) to the trainer's
+    contract: ``forward(batch) -> {"loss", "output"}`` with the logits as output."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        inputs = {key: batch[key] for key in TOKEN_FIELDS if key in batch}
+        out = self.network(**inputs, labels=batch.get("labels"))
+        return {"loss": out.loss, "output": out.logits}
+
+
+def build_classifier(auto_class: Any, backbone: BackboneSpec, labels: Sequence[str]) -> tuple[Any, Any]:
+    """Tokenizer and ``auto_class`` model (e.g. AutoModelForTokenClassification) with a fresh head for ``labels``."""
+    from transformers import AutoTokenizer
+
+    labels = list(labels)
+
+    def load(location: str, local_files_only: bool) -> tuple[Any, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_files_only)
+        network = auto_class.from_pretrained(
+            location, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True,
+            local_files_only=local_files_only,
+        )
+        return tokenizer, network
+
+    return load_pretrained(backbone, load)
+
+
+def save_classifier(model: TransformersAdapter, tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` (safetensors) of model and tokenizer: the folder loads in a transformers pipeline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.network.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def load_classifier(auto_class: Any, folder: Path) -> tuple[Any, TransformersAdapter, list[str]]:
+    """What `save_classifier` wrote: tokenizer, adapted model, and label names in id order."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    network = auto_class.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    labels = [network.config.id2label[i] for i in range(len(network.config.id2label))]
+    return tokenizer, TransformersAdapter(network), labels

@@ -7,7 +7,8 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from taskzoo.errors import DataError
 
@@ -47,18 +48,7 @@ def read_table(path: Path) -> pd.DataFrame:
         )
     text = read_text(path)
     if kind == "jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-        frame = pd.DataFrame.from_records(records)
+        frame = pd.DataFrame.from_records([record for _, record in json_lines(path, text)])
     else:
         separator = "\t" if kind == "tsv" else ","
         try:
@@ -80,6 +70,20 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: no data rows (only a header?)")
     frame.columns = [str(column).strip() for column in frame.columns]
     return frame
+
+
+def json_lines(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line of a JSON Lines file; a `DataError` names a bad line."""
+    for number, line in enumerate((read_text(path) if text is None else text).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
 
 
 def find_column(path: Path, columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, option: str) -> str | None:

@@ -4,8 +4,6 @@ IOB1, BIOES) is normalised to IOB2."""
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import DataError, Finding
-from taskzoo.tables import read_text
+from taskzoo.tables import json_lines, read_text
 
 # Words for raw text: runs of word characters (keeping inner hyphens, apostrophes and decimal
 # points: "type-2", "Mary's", "0.5") or single punctuation marks.
@@ -217,16 +215,8 @@ def _read_jsonl(path: Path, *, needs_tags: bool, scheme: str) -> NerData:
     sentences: list[Sentence] = []
     notes: list[str] = []
     form = None
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in json_lines(path):
         where = f"{path}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object")
         if "tokens" in record:
             form = form or "jsonl-tokens"
             tokens = record["tokens"]
@@ -348,12 +338,3 @@ def check(data: NerData) -> list[Finding]:
     if len(data.notes) > 5:
         findings.append(Finding("warning", f"{len(data.notes) - 5} more entities do not end on word boundaries"))
     return findings
-
-
-def split_sentences(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    if not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction {val_fraction}: expected a number between 0 and 1")
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    cut = max(1, round(count * val_fraction)) if count > 1 else 0
-    return sorted(order[cut:]), sorted(order[:cut])

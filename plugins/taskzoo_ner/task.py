@@ -20,26 +20,13 @@ from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
-from taskzoo.hf import load_pretrained, quiet_transformers, token_limit
+from taskzoo.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
 from taskzoo.plots import plot_confusion_matrix
 from taskzoo.task import Task
-from taskzoo_ner.data import NerData, Sentence, read_ner, split_sentences
+from taskzoo.splits import random_split
+from taskzoo_ner.data import NerData, Sentence, read_ner
 
-TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
 IGNORED = -100
-
-
-class TokenClassifier(torch.nn.Module):
-    """Adapts a transformers model to the trainer's contract: ``forward(batch) -> {"loss", "output"}``."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        inputs = {key: batch[key] for key in TOKEN_FIELDS if key in batch}
-        out = self.network(**inputs, labels=batch.get("labels"))
-        return {"loss": out.loss, "output": out.logits}
 
 
 def decode_spans(tags: Sequence[str], scores: Sequence[float]) -> list[tuple[int, int, str, float]]:
@@ -86,7 +73,7 @@ class NerTask(Task):
         return ["O"] + [f"{prefix}-{kind}" for kind in kinds for prefix in ("B", "I")]
 
     def split(self, data: NerData, *, val_fraction: float, seed: int) -> tuple[NerData, NerData]:
-        train, val = split_sentences(len(data), val_fraction, seed)
+        train, val = random_split(len(data), val_fraction, seed)
         if not val or not train:
             raise DataError(f"{data.path}: too few sentences to split off a validation set; give one with --val")
         part = lambda indices: NerData(  # noqa: E731
@@ -97,25 +84,14 @@ class NerTask(Task):
     # -- model -----------------------------------------------------------------------------------
 
     def build_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoModelForTokenClassification
 
-        labels = list(labels)
-
-        def load(location: str, local_files_only: bool) -> tuple[Any, Any]:
-            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_files_only)
-            network = AutoModelForTokenClassification.from_pretrained(
-                location, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True,
-                local_files_only=local_files_only,
-            )
-            return tokenizer, network
-
-        tokenizer, network = load_pretrained(backbone, load)
+        tokenizer, network = build_classifier(AutoModelForTokenClassification, backbone, labels)
         if not getattr(tokenizer, "is_fast", False):
             raise UserError(f"backbone '{backbone.name}' has no fast tokenizer, which NER needs to align words and sub-words")
-        self.tokenizer, self._labels = tokenizer, labels
+        self.tokenizer, self._labels = tokenizer, list(labels)
         tokenizer.model_max_length = token_limit(tokenizer, self.options.get("max_length"))
-        return TokenClassifier(network)
+        return TransformersAdapter(network)
 
     @property
     def labels_of_model(self) -> list[str]:
@@ -204,18 +180,13 @@ class NerTask(Task):
         ]
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        model.network.save_pretrained(folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
+        save_classifier(model, self.tokenizer, folder)
 
     def load(self, folder: Path) -> torch.nn.Module:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoModelForTokenClassification
 
-        quiet_transformers()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        network = AutoModelForTokenClassification.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        self._labels = [network.config.id2label[i] for i in range(len(network.config.id2label))]
-        return TokenClassifier(network)
+        self.tokenizer, model, self._labels = load_classifier(AutoModelForTokenClassification, folder)
+        return model
 
     # -- outputs ---------------------------------------------------------------------------------
 

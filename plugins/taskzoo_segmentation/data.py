@@ -3,7 +3,6 @@ optional ``classes.yaml``, and optional ``train/`` and ``val/`` sub-folders of t
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -228,15 +227,6 @@ def check(data: SegmentationData) -> list[Finding]:
     for note in data.notes:
         findings.append(Finding("warning", note))
     return findings
-
-
-def split_images(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    if not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction {val_fraction}: expected a number between 0 and 1")
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    cut = max(1, round(count * val_fraction)) if count > 1 else 0
-    return sorted(order[cut:]), sorted(order[:cut])
 
 
 def image_array(path: Path) -> np.ndarray:

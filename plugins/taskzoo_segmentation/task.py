@@ -16,9 +16,10 @@ from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.backbones import available_offline, hub_reachable, locate
 from taskzoo.plots import plot_confusion_matrix
 from taskzoo.plugins import get_host
+from taskzoo.splits import random_split
 from taskzoo.task import Task
 from taskzoo.timm_weights import load_matching, positional_state_dict
-from taskzoo_segmentation.data import DEFAULT_COLOURS, Classes, SegmentationData, image_array, mask_array, read_dataset, split_images
+from taskzoo_segmentation.data import DEFAULT_COLOURS, Classes, SegmentationData, image_array, mask_array, read_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -95,7 +96,7 @@ class SegmentationTask(Task):
     def split(self, data: SegmentationData, *, val_fraction: float, seed: int) -> tuple[SegmentationData, SegmentationData]:
         if data.val is not None:
             return data.subset(list(range(len(data)))), data.val
-        train, val = split_images(len(data), val_fraction, seed)
+        train, val = random_split(len(data), val_fraction, seed)
         if not train or not val:
             raise DataError(f"{data.root}: too few images to split off a validation set; give --val or a val/ folder")
         return data.subset(train), data.subset(val)

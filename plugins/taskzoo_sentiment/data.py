@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -231,21 +230,3 @@ def check(data: TextData) -> list[Finding]:
             "warning", f"{len(conflicts)} text(s) appear with different labels: rows {_rows_text(conflicts)}"
         ))
     return findings
-
-
-def stratified_split(labels: Sequence[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices for train and validation with each class's share kept; classes of one row stay in train."""
-    if not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction {val_fraction}: expected a number between 0 and 1")
-    by_class: dict[str, list[int]] = defaultdict(list)
-    for index, label in enumerate(labels):
-        by_class[label].append(index)
-    rng = random.Random(seed)
-    train, val = [], []
-    for label in sorted(by_class):
-        indices = by_class[label]
-        rng.shuffle(indices)
-        take = min(len(indices) - 1, max(1, round(len(indices) * val_fraction))) if len(indices) > 1 else 0
-        val.extend(indices[:take])
-        train.extend(indices[take:])
-    return sorted(train), sorted(val)

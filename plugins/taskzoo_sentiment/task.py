@@ -14,26 +14,11 @@ from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
-from taskzoo.hf import load_pretrained, quiet_transformers, token_limit
+from taskzoo.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
 from taskzoo.plots import plot_confusion_matrix
 from taskzoo.task import Task
-from taskzoo_sentiment.data import TextData, read_texts, sort_labels, stratified_split
-
-TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class SequenceClassifier(torch.nn.Module):
-    """Adapts a transformers model to the trainer's contract: ``forward(batch) -> {"loss", "output"}``."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        inputs = {key: batch[key] for key in TOKEN_FIELDS if key in batch}
-        out = self.network(**inputs, labels=batch.get("labels"))
-        return {"loss": out.loss, "output": out.logits}
-
+from taskzoo.splits import stratified_split
+from taskzoo_sentiment.data import TextData, read_texts, sort_labels
 
 class SentimentTask(Task):
     tokenizer: Any = None
@@ -71,28 +56,13 @@ class SentimentTask(Task):
     # -- model -----------------------------------------------------------------------------------
 
     def build_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        labels = list(labels)
-
-        def load(location: str, local_files_only: bool) -> tuple[Any, Any]:
-            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_files_only)
-            network = AutoModelForSequenceClassification.from_pretrained(
-                location,
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)},
-                ignore_mismatched_sizes=True,
-                local_files_only=local_files_only,
-            )
-            return tokenizer, network
-
-        tokenizer, network = load_pretrained(backbone, load)
-        self.tokenizer = tokenizer
-        self._labels = labels
+        tokenizer, network = build_classifier(AutoModelForSequenceClassification, backbone, labels)
+        self.tokenizer, self._labels = tokenizer, list(labels)
         self.max_length = token_limit(tokenizer, self.options.get("max_length"))
         tokenizer.model_max_length = self.max_length
-        return SequenceClassifier(network)
+        return TransformersAdapter(network)
 
     @property
     def labels_of_model(self) -> list[str]:
@@ -139,19 +109,13 @@ class SentimentTask(Task):
         return batch["labels"].tolist()
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        model.network.save_pretrained(folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
+        save_classifier(model, self.tokenizer, folder)
 
     def load(self, folder: Path) -> torch.nn.Module:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        quiet_transformers()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        network = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        id2label = network.config.id2label
-        self._labels = [id2label[i] for i in range(len(id2label))]
-        return SequenceClassifier(network)
+        self.tokenizer, model, self._labels = load_classifier(AutoModelForSequenceClassification, folder)
+        return model
 
     # -- outputs ---------------------------------------------------------------------------------
 
