@@ -2,14 +2,14 @@
 
 Plugins import what they need from here::
 
-    from taskzoo import hookimpl, TaskSpec, BackboneSpec, MetricSpec, Option, Finding, DataError
+    from taskzoo import hookimpl, TaskSpec, BackboneSpec, MetricSpec, Option, Finding, SampleData, DataError
 
 This module stays cheap to import: no torch, no transformers.
 """
 
 from taskzoo.errors import DataError, UserError
 from taskzoo.hookspecs import hookimpl
-from taskzoo.specs import BackboneSpec, Finding, MetricSpec, Option, TaskSpec
+from taskzoo.specs import BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "Finding",
     "MetricSpec",
     "Option",
+    "SampleData",
     "TaskSpec",
     "UserError",
     "hookimpl",

@@ -41,7 +41,10 @@ class TasksGroup(click.Group):
 
 @click.group(cls=TasksGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(taskzoo.__version__, prog_name="taskzoo")
-def cli() -> None:
+@click.option("--disable-plugin", "disabled_plugins", multiple=True, metavar="NAME",
+              help="Do not load this plugin (a name from 'tasks plugins'); repeat for several. "
+                   "TASKZOO_DISABLE_PLUGINS=a,b does the same.")
+def cli(disabled_plugins: tuple[str, ...]) -> None:
     """Fine-tune pretrained models for real tasks from one command line.
 
     \b
@@ -49,6 +52,8 @@ def cli() -> None:
       tasks run sentiment --data reviews.csv        fine-tune, leaving a run folder
       tasks predict --model runs/ID --text "..."    use the model
     """
+    if disabled_plugins:
+        get_host().disable(disabled_plugins)
 
 
 def main() -> None:
@@ -157,13 +162,14 @@ def list_plugins(as_json: bool) -> None:
     if as_json:
         _echo_json([
             {"name": i.name, "distribution": i.distribution, "version": i.version, "module": i.module,
-             "tasks": i.tasks, "loaded": i.loaded, "errors": i.errors}
+             "tasks": i.tasks, "loaded": i.loaded, "disabled": i.disabled, "errors": i.errors}
             for i in infos
         ])
         return
     click.echo(_table(
         [[i.name, f"{i.distribution} {i.version}".strip() or "-", ", ".join(i.tasks) or "-",
-          "ok" if not i.errors else ("FAILED" if not i.loaded else "PROBLEMS")] for i in infos],
+          "disabled" if i.disabled else "ok" if not i.errors else ("FAILED" if not i.loaded else "PROBLEMS")]
+         for i in infos],
         ["PLUGIN", "DISTRIBUTION", "TASKS", "STATUS"],
     ))
     for info in infos:
@@ -476,7 +482,7 @@ def _load_run(model_dir: Path, ctx: click.Context, command: str) -> tuple[Any, A
     host = get_host()
     config = runs.open_run(model_dir)
     spec = host.task(config["task"])
-    saved = {option.key: config.get(option.key) for option in spec.options}
+    saved = {option.key: config.get(option.key) for option in spec.options if option.remember}
     given = _parse_task_options(ctx, spec, command, ctx.args)
     task = spec.load()(spec, _task_option_values(spec, {**saved, **given}))
     return host, spec, task, config

@@ -36,7 +36,8 @@ def taskzoo_tasks() -> list[TaskSpec]:
     the task (``tasks run NAME``), describes it for ``tasks list``, lists the data formats it
     reads, names the metric that picks the best epoch, declares its task-specific command-line
     options, and points to its `taskzoo.task.Task` subclass by import path so that listing tasks
-    never imports the heavy code::
+    never imports the heavy code. ``sample`` points to small data shipped in the package, which
+    ``taskzoo.testing`` trains on to prove the task works (see docs/plugins.md)::
 
         @hookimpl
         def taskzoo_tasks():
@@ -46,7 +47,12 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 data_formats=("csv", "tsv", "jsonl"),
                 task_class="taskzoo_sentiment.task:SentimentTask",
                 main_metric="accuracy",
+                sample=SampleData(train="taskzoo_sentiment/sample/train.csv",
+                                  bad=("taskzoo_sentiment/sample/one_label.csv",)),
             )]
+
+    A record with a malformed field (see `TaskSpec.problems`) or a name another plugin already
+    has is refused and reported; the plugin's other records still count.
 
     :return: a list of `TaskSpec`, possibly empty.
     """

@@ -1,11 +1,13 @@
 """Finding, loading and asking plugins; the rest of taskzoo uses `get_host()` and never ``pm.hook``.
 
 Plugins are the ``taskzoo`` entry points of installed distributions, the bundled ones included.
-They load lazily, once per process, each guarded: a plugin that fails to import, or whose hook
-raises or returns something malformed, is recorded with its error (see ``tasks plugins``) and
-everything else goes on. ``TASKZOO_STRICT_PLUGINS=1`` re-raises instead, for plugin authors.
+They load lazily, once per process, each guarded: a plugin that fails to import, defines no hooks,
+or whose hook raises or returns something malformed (a record that is not a taskzoo record, or one
+whose ``problems()`` are not empty, or a name another plugin already has), is recorded with its
+error (see ``tasks plugins``) and everything else goes on. ``TASKZOO_STRICT_PLUGINS=1`` re-raises
+instead, for plugin authors.
 
-Environment:
+Environment (``tasks --disable-plugin NAME`` adds to the block-list):
     TASKZOO_PLUGINS          comma-separated entry-point names: load only these
     TASKZOO_DISABLE_PLUGINS  comma-separated entry-point names: never load these
     TASKZOO_STRICT_PLUGINS   1 to raise on the first broken plugin
@@ -41,10 +43,11 @@ class PluginInfo:
     module: str = ""
     tasks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    disabled: bool = False
 
     @property
     def loaded(self) -> bool:
-        return not any(error.startswith("failed to load") for error in self.errors)
+        return not self.disabled and not any(error.startswith("failed to load") for error in self.errors)
 
 
 def _csv_env(name: str) -> set[str] | None:
@@ -89,6 +92,20 @@ class PluginHost:
 
     # -- loading -------------------------------------------------------------------------------
 
+    def disable(self, names: Iterable[str]) -> None:
+        """Never load the plugins with these entry-point names (``tasks --disable-plugin``).
+
+        Only before plugins load; an unknown name is a `UserError` listing the plugins there are.
+        """
+        if self._loaded:
+            raise RuntimeError("plugins are already loaded; disable them before the first question")
+        names = set(names)
+        known = {ep.name for ep in self._discovered()} | {name for name, _ in self._extra_plugins}
+        unknown = sorted(names - known)
+        if unknown:
+            raise UserError(f"--disable-plugin {unknown[0]}: no plugin of that name; plugins: {', '.join(sorted(known))}")
+        self._disabled = set(self._disabled) | names
+
     def load(self) -> PluginHost:
         """Load every plugin once; later calls do nothing."""
         if self._loaded:
@@ -98,6 +115,9 @@ class PluginHost:
             self._load_entry_point(entry_point)
         for name, plugin in self._extra_plugins:
             self._info[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", type(plugin).__name__))
+            if name in self._disabled:
+                self._info[name].disabled = True
+                continue
             try:
                 self._register(plugin, name)
             except Exception as error:
@@ -109,25 +129,31 @@ class PluginHost:
         self._collect()
         return self
 
+    def _discovered(self) -> list[Any]:
+        if self._entry_points is None:
+            self._entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        return list(self._entry_points)
+
     def _ordered_entry_points(self) -> list[Any]:
-        found = self._entry_points
-        if found is None:
-            found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
         # Bundled plugins first, so a third party can never take over a bundled task's name.
-        return sorted(found, key=lambda ep: (_distribution(ep)[0] != CORE_DISTRIBUTION, ep.name))
+        return sorted(self._discovered(), key=lambda ep: (_distribution(ep)[0] != CORE_DISTRIBUTION, ep.name))
 
     def _load_entry_point(self, entry_point: Any) -> None:
         name = entry_point.name
-        if name in self._disabled or (self._only is not None and name not in self._only):
+        if self._only is not None and name not in self._only:
             return
         distribution, version = _distribution(entry_point)
         info = self._info.setdefault(
             name, PluginInfo(name=name, distribution=distribution, version=version, module=entry_point.value)
         )
+        if name in self._disabled:
+            info.disabled = True
+            return
         try:
             plugin = entry_point.load()
             self._register(plugin, name)
-        except Exception as error:
+        # SystemExit too: a plugin that calls sys.exit() at import must not end the command.
+        except (Exception, SystemExit) as error:
             if self._strict:
                 raise
             info.errors.append(f"failed to load: {type(error).__name__}: {_one_line(error)}")
@@ -136,10 +162,18 @@ class PluginHost:
         if self.pm.is_registered(plugin):
             raise ValueError("the same module is already registered under another name")
         self.pm.register(plugin, name=name)
-        unknown = [caller.name for caller in self.pm.get_hookcallers(plugin) or [] if not caller.has_spec()]
+        callers = self.pm.get_hookcallers(plugin) or []
+        unknown = [caller.name for caller in callers if not caller.has_spec()]
         if unknown:
             self.pm.unregister(plugin)
             raise ValueError(f"unknown hook(s) {', '.join(unknown)}; known: {', '.join(_hook_names())}")
+        if not callers:
+            self.pm.unregister(plugin)
+            # The usual cause: hook functions written without the @hookimpl marker.
+            undecorated = [hook for hook in _hook_names() if callable(getattr(plugin, hook, None))]
+            hint = (f"{', '.join(undecorated)} lack(s) the @taskzoo.hookimpl decorator" if undecorated
+                    else f"expected functions named {', '.join(_hook_names())} decorated with @taskzoo.hookimpl")
+            raise ValueError(f"defines no taskzoo hooks: {hint}")
 
     def _records(self, hook_name: str, kind: type) -> Iterable[tuple[str, Any]]:
         """Call one hook plugin by plugin, so each record is attributed and each failure isolated."""
@@ -157,7 +191,15 @@ class PluginHost:
                     raise
                 self._problem(plugin, f"{hook_name}: {type(error).__name__}: {_one_line(error)}")
                 continue
-            yield from ((plugin, record) for record in records)
+            for record in records:
+                problems = record.problems()
+                if problems:
+                    message = f"{hook_name}: {kind.__name__} {getattr(record, 'name', '?')!r} refused: {'; '.join(problems)}"
+                    if self._strict:
+                        raise ValueError(message)
+                    self._problem(plugin, message)
+                    continue
+                yield plugin, record
 
     def _collect(self) -> None:
         for plugin, task in self._records("taskzoo_tasks", TaskSpec):
@@ -235,8 +277,23 @@ class PluginHost:
         """Every plugin's findings about ``data`` (see the ``taskzoo_check_data`` hook)."""
         self.load()
         findings: list[Finding] = []
-        for result in self.pm.hook.taskzoo_check_data(task=task, data=data):
-            findings.extend(result or [])
+        for impl in reversed(self.pm.hook.taskzoo_check_data.get_hookimpls()):
+            try:
+                result = list(impl.function(task=task, data=data) or [])
+                for finding in result:
+                    if not isinstance(finding, Finding):
+                        raise TypeError(f"returned {type(finding).__name__}, expected Finding")
+            except UserError:
+                raise  # a check may stop with a DataError naming the file, like a reader
+            except Exception as error:
+                if self._strict:
+                    raise
+                # Another plugin's broken check must not stop this task's run; say so and go on.
+                message = f"taskzoo_check_data: {type(error).__name__}: {_one_line(error)}"
+                self._problem(impl.plugin_name, message)
+                findings.append(Finding("warning", f"plugin '{impl.plugin_name}' could not check the data ({message})"))
+                continue
+            findings.extend(result)
         return findings
 
 
@@ -248,7 +305,11 @@ def _distribution(entry_point: Any) -> tuple[str, str]:
     dist = getattr(entry_point, "dist", None)
     if dist is None:
         return "", ""
-    return dist.metadata["Name"] or "", dist.version or ""
+    # Broken metadata must cost the plugin its version string, not the whole listing.
+    try:
+        return dist.metadata["Name"] or "", dist.version or ""
+    except Exception:
+        return "", ""
 
 
 def _with_plugin(record: Any, plugin: str) -> Any:

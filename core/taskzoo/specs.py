@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 SOURCES = ("package", "hub", "local", "timm", "smp", "implicit")
+# Task names are typed on the command line and become folder names: lowercase, digits, - and _.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
@@ -26,10 +31,50 @@ class Option:
     choices: tuple[str, ...] | None = None
     multiple: bool = False
     commands: tuple[str, ...] = ("run", "check")
+    remember: bool = True
 
     @property
     def key(self) -> str:
         return self.name.replace("-", "_")
+
+
+def package_path(location: str) -> Path:
+    """The file or folder ``"package/sub/path"`` inside an installed Python package."""
+    from taskzoo.errors import UserError
+
+    module, _, sub = location.partition("/")
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise UserError(f"'{location}': '{module}' is not an installed Python package")
+    return Path(next(iter(found.submodule_search_locations))) / sub
+
+
+@dataclass(frozen=True)
+class SampleData:
+    """Small data a task ships inside its package, so that anyone can try the task at once and
+    `taskzoo.testing` can prove it works: a few dozen examples that train in seconds.
+
+    Each path is ``"package/sub/path"`` inside an installed package (as for ``source="package"``
+    backbones); `path` turns it into a real path. ``train`` is what ``tasks run --data`` takes;
+    ``test`` is labelled data for ``tasks evaluate`` and ``predict`` the input of ``tasks predict``
+    (both default to ``train``). ``predict_output`` is the ``--output`` name predictions are written
+    to (``"predictions.jsonl"``, or a folder name for tasks that write pictures); empty means the
+    screen. ``bad`` are inputs that the task must refuse with a `taskzoo.DataError` naming them.
+    ``options`` are ``tasks run`` flags for a quick run on this data, e.g. ``{"image-size": 64}``.
+    """
+
+    train: str
+    bad: tuple[str, ...] = ()
+    test: str | None = None
+    predict: str | None = None
+    predict_output: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def path(self, location: str) -> Path:
+        return package_path(location)
 
 
 @dataclass(frozen=True)
@@ -41,6 +86,7 @@ class TaskSpec:
     ``main_metric`` names the metric (from a `MetricSpec`) that picks the best epoch.
     ``options`` are extra command-line options; ``defaults`` overrides the trainer's defaults for
     this task (``{"epochs": 5, "lr": 1e-4}``), which a config file or a flag overrides in turn.
+    ``sample`` is the `SampleData` the task ships (for trying it out and for `taskzoo.testing`).
     """
 
     name: str
@@ -50,12 +96,51 @@ class TaskSpec:
     main_metric: str
     options: tuple[Option, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    sample: SampleData | None = None
     plugin: str = ""
 
     def load(self) -> type:
-        """Import and return the task class."""
+        """Import and return the task class; a `UserError` naming the plugin if that fails, so a
+        task whose code cannot import (a missing dependency) stops in one line."""
+        from taskzoo.errors import UserError
+        from taskzoo.task import Task
+
         module_name, _, class_name = self.task_class.partition(":")
-        return getattr(importlib.import_module(module_name), class_name)
+        try:
+            task_class = getattr(importlib.import_module(module_name), class_name)
+        except UserError:
+            raise
+        except Exception as error:
+            raise UserError(
+                f"task '{self.name}' (plugin '{self.plugin}'): cannot import its code '{self.task_class}': "
+                f"{type(error).__name__}: {' '.join(str(error).split())}"
+            ) from error
+        if not (isinstance(task_class, type) and issubclass(task_class, Task)):
+            raise UserError(f"task '{self.name}' (plugin '{self.plugin}'): '{self.task_class}' is not a taskzoo.task.Task subclass")
+        return task_class
+
+    def problems(self) -> list[str]:
+        """What makes this record unusable, one sentence each; empty when it is well-formed."""
+        found = []
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
+            found.append(f"name {self.name!r} must be lowercase letters, digits, '-' or '_', starting with a letter")
+        if not isinstance(self.description, str) or not self.description.strip():
+            found.append("description must be a non-empty string")
+        if not _strings(self.data_formats):
+            found.append(f"data_formats must be a non-empty tuple of strings, got {self.data_formats!r}")
+        module, colon, class_name = self.task_class.partition(":") if isinstance(self.task_class, str) else ("", "", "")
+        if not (module and colon and class_name):
+            found.append(f"task_class must be 'package.module:ClassName', got {self.task_class!r}")
+        if not isinstance(self.main_metric, str) or not self.main_metric:
+            found.append("main_metric must name a metric")
+        if not isinstance(self.options, (tuple, list)) or not all(isinstance(o, Option) for o in self.options):
+            found.append("options must be a tuple of taskzoo.Option")
+        if not isinstance(self.defaults, Mapping):
+            found.append("defaults must be a mapping such as {'epochs': 5}")
+        if self.sample is not None and not (isinstance(self.sample, SampleData) and isinstance(self.sample.train, str)
+                                            and _strings(self.sample.bad, allow_empty=True)):
+            found.append("sample must be a taskzoo.SampleData with 'package/path' strings")
+        return found
 
 
 @dataclass(frozen=True)
@@ -79,6 +164,18 @@ class BackboneSpec:
     upstream: str | None = None
     description: str = ""
     plugin: str = ""
+
+    def problems(self) -> list[str]:
+        """What makes this record unusable, one sentence each; empty when it is well-formed."""
+        found = []
+        for key in ("name", "task", "location", "licence"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                found.append(f"{key} must be a non-empty string")
+        if self.source not in SOURCES:
+            found.append(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.params is not None and (not isinstance(self.params, int) or isinstance(self.params, bool)):
+            found.append(f"params must be an integer parameter count, got {self.params!r}")
+        return found
 
 
 @dataclass(frozen=True)
@@ -107,6 +204,20 @@ class MetricSpec:
     description: str = ""
     plugin: str = ""
 
+    def problems(self) -> list[str]:
+        """What makes this record unusable, one sentence each; empty when it is well-formed."""
+        found = []
+        if not isinstance(self.name, str) or not self.name:
+            found.append("name must be a non-empty string")
+        # A bare string here (tasks=("sentiment") without the comma) would match by substring.
+        if not _strings(self.tasks):
+            found.append(f"tasks must be a non-empty tuple of task names, got {self.tasks!r}")
+        if not callable(self.compute):
+            found.append("compute must be a function (predictions, references, context) -> value")
+        if self.goal not in ("max", "min"):
+            found.append(f"goal must be 'max' or 'min', got {self.goal!r}")
+        return found
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -116,3 +227,8 @@ class Finding:
     level: Literal["info", "warning", "error"]
     message: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _strings(value: Any, *, allow_empty: bool = False) -> bool:
+    return (isinstance(value, (tuple, list)) and (allow_empty or bool(value))
+            and all(isinstance(item, str) and item for item in value))

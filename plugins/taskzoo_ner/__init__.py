@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import Finding, MetricSpec, Option, TaskSpec, hookimpl
+from taskzoo import Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
 
 TASK = "ner"
 
@@ -32,6 +32,14 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("max-length", "Sub-word tokens per window; longer sentences are split into windows "
                        "(default: the backbone's maximum).", type=int, commands=("run",)),
                 Option("text", "A text to find entities in; repeat for several.", multiple=True, commands=("predict",)),
+            ),
+            # 40 + 12 sentences from examples/ner (synthetic clinical notes, CC0).
+            sample=SampleData(
+                train="taskzoo_ner/sample/train.conll",
+                test="taskzoo_ner/sample/test.conll",
+                predict_output="entities.jsonl",
+                bad=("taskzoo_ner/sample/missing_tag.conll", "taskzoo_ner/sample/tags_mismatch.jsonl"),
+                options={"max-length": 64, "batch-size": 8},
             ),
         )
     ]

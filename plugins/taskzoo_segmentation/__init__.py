@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import Finding, MetricSpec, Option, TaskSpec, hookimpl
+from taskzoo import Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
 
 TASK = "segmentation"
 
@@ -33,6 +33,15 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("loss", "Training loss.", choices=("ce", "dice", "ce+dice"), default="ce+dice", commands=("run",)),
                 Option("no-pretrained", "Start the encoder from random weights (to see what pretraining buys).",
                        type=bool, default=False, commands=("run",)),
+            ),
+            # 12 + 4 of the coins images (examples/segmentation), shrunk to 64 x 64.
+            sample=SampleData(
+                train="taskzoo_segmentation/sample/train",
+                test="taskzoo_segmentation/sample/test",
+                predict="taskzoo_segmentation/sample/test/images",
+                predict_output="masks",
+                bad=("taskzoo_segmentation/sample/mask_without_image",),
+                options={"image-size": 64, "batch-size": 4},
             ),
         )
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import Finding, MetricSpec, Option, TaskSpec, hookimpl
+from taskzoo import Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
 
 TASK = "sentiment"
 
@@ -32,6 +32,14 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("max-length", "Truncate texts to this many tokens (default: the backbone's maximum).",
                        type=int, commands=("run",)),
                 Option("text", "A text to label; repeat for several.", multiple=True, commands=("predict",)),
+            ),
+            # 32 + 12 reviews from examples/reviews.csv: enough to prove the task end to end.
+            sample=SampleData(
+                train="taskzoo_sentiment/sample/train.csv",
+                test="taskzoo_sentiment/sample/test.csv",
+                predict_output="predictions.csv",
+                bad=("taskzoo_sentiment/sample/one_label.csv", "taskzoo_sentiment/sample/no_label_column.csv"),
+                options={"max-length": 64, "batch-size": 8},
             ),
         )
     ]
