@@ -29,13 +29,16 @@ def plot_training_curves(metrics_jsonl: Path, output: Path, main_metric: str) ->
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
     if steps:
         loss_axis.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (steps)", alpha=0.6)
-    x_epochs = [r["step"] for r in epochs]
-    loss_axis.plot(x_epochs, [r["train_loss"] for r in epochs], "o-", label="train loss (epoch)")
+    # Epoch 0 (a task's fit before training, `Task.fit_before_training`) has no train loss.
+    trained = [r for r in epochs if r.get("train_loss") is not None]
+    if trained:
+        loss_axis.plot([r["step"] for r in trained], [r["train_loss"] for r in trained], "o-", label="train loss (epoch)")
     if "val_loss" in epochs[0]:
-        loss_axis.plot(x_epochs, [r["val_loss"] for r in epochs], "s-", label="validation loss")
+        loss_axis.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "s-", label="validation loss")
     loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel("loss")
-    loss_axis.legend()
+    if loss_axis.lines:
+        loss_axis.legend()
     loss_axis.set_title("Loss")
     key = f"val_{main_metric}"
     metric_axis.plot([r["epoch"] for r in epochs], [r.get(key) for r in epochs], "o-")

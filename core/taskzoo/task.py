@@ -65,6 +65,20 @@ class Task:
         """Load the pretrained backbone and put a fresh head for ``labels`` on it."""
         raise NotImplementedError
 
+    def fit_before_training(self, model: torch.nn.Module, train_data: Any) -> bool:
+        """Fit what gradient steps do not learn, before the trainer's first epoch (optional).
+
+        For models fitted in closed form or by alternating solves (matrix factorisation by
+        alternating least squares, a nearest-neighbour index, a fitted tokenizer-free baseline):
+        write the result into ``model`` (into its parameters, so checkpoints keep it) and return
+        True. The trainer then evaluates the model as epoch 0 and keeps it as the best model
+        unless a later gradient epoch beats it; with ``--epochs 0`` it is the model saved. It is
+        called once per run (not again when a run resumes), on every process, with the model
+        already on its device. Show a progress bar for long fits. The default fits nothing and
+        returns False: the trainer goes straight to its epochs.
+        """
+        return False
+
     def dataloader(self, data: Any, *, batch_size: int, train: bool, seed: int) -> torch.utils.data.DataLoader:
         """Batches for the model; shuffled (and seeded) when ``train``."""
         raise NotImplementedError

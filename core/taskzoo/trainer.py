@@ -4,6 +4,10 @@ CPU or CUDA, mixed precision, gradient accumulation and data parallel across pro
 machines (``accelerate launch``) all come from accelerate; this module adds the recipe: AdamW
 with warmup and linear or cosine decay, gradient clipping, evaluation each epoch on the task's
 main metric, early stopping, the best model kept, a checkpoint to resume from, and logs.
+
+A task whose model is (also) fitted without gradients, e.g. by alternating least squares, does
+that in `Task.fit_before_training`; the trainer then scores it as epoch 0 and the gradient epochs
+(possibly none) continue from it, so every task still ends in the same run folder.
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ class Trainer:
         run_dir: Path,
     ) -> None:
         self.task = task
+        self.train_data = train_data
         self.args = args
         self.accelerator = accelerator
         self.run_dir = Path(run_dir)
@@ -287,6 +292,8 @@ class Trainer:
         started = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        if not resume:
+            self._fit_before_training()
         self._train_epochs()
         self.save_best_model()
         if self.tensorboard is not None:
@@ -309,6 +316,12 @@ class Trainer:
             "device": str(accelerator.device),
             "args": asdict(args),
         }
+
+    def _fit_before_training(self) -> None:
+        """The task's non-gradient fit, scored as epoch 0 so the best-model choice includes it."""
+        if self.task.fit_before_training(self.accelerator.unwrap_model(self.model), self.train_data):
+            val, _ = evaluate(self.accelerator, self.model, self.val_loader, self.task, self.metrics, self.context)
+            self._end_epoch(0, val, None, None)
 
     def _train_epochs(self) -> None:
         args, accelerator = self.args, self.accelerator
@@ -365,7 +378,10 @@ class Trainer:
             val, _ = evaluate(accelerator, self.model, self.val_loader, self.task, self.metrics, self.context)
             self._end_epoch(epoch, val, loss_total / max(loss_batches, 1), epoch_samples / max(epoch_seconds, 1e-9))
 
-    def _end_epoch(self, epoch: int, val: dict[str, Any], train_loss: float, samples_per_second: float) -> None:
+    def _end_epoch(
+        self, epoch: int, val: dict[str, Any], train_loss: float | None, samples_per_second: float | None
+    ) -> None:
+        """Record an epoch (0: the fit before training, without a train loss) and checkpoint."""
         score = val[self.main_metric]
         best = self.state["best"]
         improved = best is None or (score > best if self.maximise else score < best)
@@ -376,8 +392,9 @@ class Trainer:
         self._log({"type": "epoch", "epoch": epoch, "step": self.state["global_step"], "train_loss": train_loss,
                    "samples_per_second": samples_per_second, **{f"val_{k}": v for k, v in scalars.items()}})
         if self.accelerator.is_main_process:
+            loss_text = f"train loss {train_loss:.4f}" if train_loss is not None else "fitted before training"
             tqdm.write(
-                f"epoch {epoch}: train loss {train_loss:.4f}, "
+                f"epoch {epoch}: {loss_text}, "
                 + ", ".join(f"val {k} {v:.4f}" for k, v in scalars.items())
             )
         if improved:

@@ -1,0 +1,106 @@
+"""Recommendation: implicit-feedback recommenders (ALS, BPR, logistic MF, item-item kNN) from who
+read, bought or played what; ranked against a most-popular baseline; updated with new
+interactions without starting over (``--init``).
+
+This module is what the ``taskzoo`` entry point loads: it only declares records, so listing tasks
+never imports torch or implicit. The work happens in `taskzoo_recommendation.task` (fitting,
+batches, saving), `.data` (reading, id maps, hold-out), `.models` and `.metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskzoo import Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+
+TASK = "recommendation"
+COLUMN_COMMANDS = ("run", "check", "evaluate", "predict")
+
+
+@hookimpl
+def taskzoo_tasks() -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            name=TASK,
+            description="Recommend items per user from implicit feedback (views, purchases, plays)",
+            data_formats=("csv", "tsv", "parquet", "u.data/ratings.dat (no header)"),
+            task_class="taskzoo_recommendation.task:RecommendationTask",
+            main_metric="ndcg_at_k",
+            # ALS needs no gradient epochs; --epochs N fine-tunes the factors with a BPR loss.
+            defaults={"epochs": 0, "batch_size": 1024, "lr": 1e-3, "weight_decay": 0.0},
+            options=(
+                Option("k", "Recommendations per user, and the k of the ranking metrics.", type=int, default=10,
+                       commands=("run", "evaluate", "predict"), remember=False),
+                Option("init", "Fine-tune: start from this run folder and fold in the new interactions of --data "
+                       "(old ids keep their meaning; new users and items are added).", commands=("run",), remember=False),
+                Option("factors", "Latent factors (default: 64 als, 100 bpr, 30 lmf).", type=int,
+                       commands=("run",)),
+                Option("regularization", "L2 regularisation of the factors (default: 10 als, 0.01 bpr, 0.6 lmf).",
+                       type=float, commands=("run",)),
+                Option("iterations", "Sweeps over the data (default: 15 als, 100 bpr, 30 lmf).", type=int,
+                       commands=("run",)),
+                Option("alpha", "ALS confidence scale: confidence = alpha x weight.", type=float, default=1.0,
+                       commands=("run",)),
+                Option("factor-lr", "Learning rate of implicit's own SGD for bpr and lmf (--lr is the shared "
+                       "trainer's, for --epochs).", type=float, commands=("run",)),
+                Option("neg-prop", "lmf: negative samples per positive.", type=int, default=30, commands=("run",)),
+                Option("neighbours", "knn-*: neighbours kept per item.", type=int, default=20, commands=("run",)),
+                Option("threads", "CPU threads for implicit (0: all cores).", type=int, default=0,
+                       commands=("run", "evaluate", "predict"), remember=False),
+                Option("user-column", "Column of user ids (default: user, user_id, userId, customer...).",
+                       commands=COLUMN_COMMANDS),
+                Option("item-column", "Column of item ids (default: item, item_id, movieId, product...).",
+                       commands=COLUMN_COMMANDS),
+                Option("weight-column", "Column of weights: counts, ratings, durations (default: weight, rating, "
+                       "count...; none: every interaction weighs 1).", commands=("run", "check", "evaluate")),
+                Option("time-column", "Column of timestamps (Unix time or dates); with one, validation holds out "
+                       "each user's latest item.", commands=("run", "check", "evaluate")),
+                Option("user", "Recommend for this user id (repeatable).", multiple=True, commands=("predict",),
+                       remember=False),
+                Option("similar-to", "Items most similar to this item id (repeatable).", multiple=True,
+                       commands=("predict",), remember=False),
+                Option("popular-fallback", "Give users never seen in training the most popular items instead of "
+                       "an error.", type=bool, default=False, commands=("predict",), remember=False),
+            ),
+            # A slice of examples/recommendation: readers of a news site and the articles they read.
+            sample=SampleData(
+                train="taskzoo_recommendation/sample/train.csv",
+                test="taskzoo_recommendation/sample/test.csv",
+                predict="taskzoo_recommendation/sample/users.txt",
+                predict_output="recs.csv",
+                bad=("taskzoo_recommendation/sample/negative_weight.csv",),
+            ),
+        )
+    ]
+
+
+@hookimpl
+def taskzoo_metrics() -> list[MetricSpec]:
+    from taskzoo_recommendation import metrics
+
+    return [
+        MetricSpec("ndcg_at_k", (TASK,), metrics.ndcg_at_k, description="NDCG of the top k (implicit.evaluation)."),
+        MetricSpec("precision_at_k", (TASK,), metrics.precision_at_k,
+                   description="Held-out items in the top k over min(k, held-out items) (implicit.evaluation)."),
+        MetricSpec("map_at_k", (TASK,), metrics.map_at_k, description="Mean average precision at k (implicit.evaluation)."),
+        MetricSpec("auc_at_k", (TASK,), metrics.auc_at_k, description="AUC limited to the top k (implicit.evaluation)."),
+        MetricSpec("popular_precision_at_k", (TASK,), metrics.popular_precision_at_k,
+                   description="precision_at_k of the most-popular baseline (popular items the user has not seen)."),
+        MetricSpec("popular_map_at_k", (TASK,), metrics.popular_map_at_k,
+                   description="map_at_k of the most-popular baseline (popular items the user has not seen)."),
+        MetricSpec("popular_ndcg_at_k", (TASK,), metrics.popular_ndcg_at_k,
+                   description="ndcg_at_k of the most-popular baseline (popular items the user has not seen)."),
+        MetricSpec("popular_auc_at_k", (TASK,), metrics.popular_auc_at_k,
+                   description="auc_at_k of the most-popular baseline (popular items the user has not seen)."),
+        MetricSpec("k", (TASK,), metrics.k, description="The k of the metrics."),
+        MetricSpec("evaluated_users", (TASK,), metrics.evaluated_users, description="Users with held-out items."),
+    ]
+
+
+@hookimpl
+def taskzoo_check_data(task: str, data: Any) -> list[Finding] | None:
+    if task != TASK:
+        return None
+    from taskzoo_recommendation.data import check
+
+    return check(data)

@@ -1,0 +1,108 @@
+"""Ranking metrics at k, computed by `implicit.evaluation.ranking_metrics_at_k` on the top-k lists
+the task produced, for the model and for the most-popular baseline on the same users.
+
+Each prediction is ``{"items": [...], "popular": [...], "n_items": N}`` (top-k item indices, seen
+items already excluded); each reference is the list of held-out item indices of that user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from taskzoo.specs import MetricContext
+
+NAMES = {"precision": "precision_at_k", "map": "map_at_k", "ndcg": "ndcg_at_k", "auc": "auc_at_k"}
+# The five metrics of one evaluation share one computation per ranking.
+_last: list[Any] = [None, None, {}]
+
+
+def _replay(ids: np.ndarray) -> Any:
+    """An implicit recommender that returns precomputed top-k lists, so implicit's own metric code
+    scores rankings made elsewhere (the shared trainer's evaluation loop)."""
+    from implicit.recommender_base import RecommenderBase
+
+    class Replay(RecommenderBase):
+        def fit(self, user_items: Any, show_progress: bool = True, callback: Any = None) -> None:
+            raise NotImplementedError
+
+        def recommend(self, userid: Any, user_items: Any, N: int = 10, **_: Any) -> tuple[np.ndarray, np.ndarray]:
+            return ids[userid][:, :N], np.zeros((len(userid), N), dtype=np.float32)
+
+        def similar_users(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+        def similar_items(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+        def save(self, file: Any) -> None:
+            raise NotImplementedError
+
+    return Replay()
+
+
+def ranking(predictions: Sequence[dict[str, Any]], references: Sequence[Sequence[int]], key: str = "items") -> dict[str, float]:
+    """precision, map, ndcg and auc at k (k = the length of the lists) for ``predictions[i][key]``."""
+    if _last[0] is predictions and _last[1] is references and key in _last[2]:
+        return _last[2][key]
+    if _last[0] is not predictions or _last[1] is not references:
+        _last[:] = [predictions, references, {}]
+    import scipy.sparse as sp
+    from implicit.evaluation import ranking_metrics_at_k
+
+    if not predictions:
+        raise ValueError("no users to evaluate")
+    n_items = int(predictions[0]["n_items"])
+    k = len(predictions[0][key])
+    ids = np.full((len(predictions), k), -1, dtype=np.int32)
+    for row, prediction in enumerate(predictions):
+        found = prediction[key]
+        ids[row, : len(found)] = found
+    lengths = [len(r) for r in references]
+    rows = np.repeat(np.arange(len(references)), lengths)
+    columns = np.fromiter((i for r in references for i in r), dtype=np.int64, count=sum(lengths))
+    test = sp.csr_matrix((np.ones(len(columns), dtype=np.float32), (rows, columns)), shape=(len(references), n_items))
+    train = sp.csr_matrix((len(references), n_items), dtype=np.float32)
+    result = ranking_metrics_at_k(_replay(ids), train, test, K=k, show_progress=False, num_threads=1)
+    values = {name: float(result[name]) for name in NAMES}
+    _last[2][key] = values
+    return values
+
+
+def _metric(name: str):
+    def compute(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> float:
+        return ranking(predictions, references)[name]
+
+    compute.__name__ = NAMES[name]
+    return compute
+
+
+precision_at_k = _metric("precision")
+map_at_k = _metric("map")
+ndcg_at_k = _metric("ndcg")
+auc_at_k = _metric("auc")
+
+
+def _popular(name: str):
+    def compute(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> float:
+        return ranking(predictions, references, "popular")[name]
+
+    compute.__name__ = "popular_" + NAMES[name]
+    return compute
+
+
+# The most-popular baseline: the popular items each user has not seen, scored the same way.
+popular_precision_at_k = _popular("precision")
+popular_map_at_k = _popular("map")
+popular_ndcg_at_k = _popular("ndcg")
+popular_auc_at_k = _popular("auc")
+
+
+def k(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> int:
+    return len(predictions[0]["items"]) if predictions else 0
+
+
+def evaluated_users(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> int:
+    return len(predictions)

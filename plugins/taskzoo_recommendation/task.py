@@ -1,0 +1,478 @@
+"""The recommendation task: implicit's recommenders fitted before training (`fit_before_training`),
+optionally fine-tuned with a BPR loss by the shared trainer, evaluated with implicit's ranking
+metrics beside a most-popular baseline, and updated with new interactions by ``--init``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from taskzoo import BackboneSpec, DataError, UserError
+from taskzoo.task import Task
+from taskzoo_recommendation.data import (IdMap, Interactions, Pairs, Queries, holdout_mask, read_interactions,
+                                         read_queries, to_pairs)
+from taskzoo_recommendation.models import (FACTOR_KINDS, KINDS, FactorModel, NeighbourModel, factors_of, fold_in,
+                                           hyperparameters, make_implicit)
+
+CONFIG = "recommender.json"
+FACTORS = "factors.npz"
+NEIGHBOURS = "similarity.npz"
+SEEN = "seen.npz"
+# Dense scores of one evaluation batch stay below this many floats (users x items).
+SCORE_BUDGET = 20_000_000
+
+
+def _save_csr(path: Path, matrix: Any) -> None:
+    np.savez(path, indptr=matrix.indptr, indices=matrix.indices, data=matrix.data, shape=np.array(matrix.shape))
+
+
+def _load_csr(path: Path) -> Any:
+    import scipy.sparse as sp
+
+    with np.load(path, allow_pickle=False) as stored:
+        return sp.csr_matrix((stored["data"], stored["indices"], stored["indptr"]), shape=tuple(stored["shape"]))
+
+
+def _resize(matrix: Any, shape: tuple[int, int]) -> Any:
+    matrix = matrix.tocsr().copy()
+    matrix.resize(shape)
+    return matrix
+
+
+def _popularity(matrix: Any) -> np.ndarray:
+    return np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class RecommendationTask(Task):
+    users: IdMap | None = None
+    items: IdMap | None = None
+    kind: str = "als"
+    hyper: dict[str, Any]
+    _seen: Any = None  # every training interaction: filtered from recommendations
+    _fit_matrix: Any = None  # what the model was fitted on (the train part during a run)
+    _init: dict[str, Any] | None = None
+
+    @property
+    def k(self) -> int:
+        k = int(self.options.get("k") or 10)
+        if k < 1:
+            raise UserError(f"--k {k}: expected a positive number of recommendations")
+        return k
+
+    @property
+    def threads(self) -> int:
+        return int(self.options.get("threads") or 0)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _read(self, path: Path) -> Interactions:
+        return read_interactions(path, user_column=self.options.get("user_column"),
+                                 item_column=self.options.get("item_column"),
+                                 weight_column=self.options.get("weight_column"),
+                                 time_column=self.options.get("time_column"))
+
+    def read(self, path: Path, *, role: str, labels: Sequence[str] | None = None) -> Interactions | Queries:
+        if role == "predict":
+            return self._known_queries(read_queries(path, user_column=self.options.get("user_column")))
+        data = self._read(path)
+        if role in ("val", "test") and self.users is not None:
+            data.pairs = self._pairs(data, role)  # also counts what the model cannot score, for the check
+        return data
+
+    def inputs_from_options(self) -> Queries | None:
+        users, similar = self.options.get("user") or [], self.options.get("similar_to") or []
+        if users and similar:
+            raise UserError("give --user or --similar-to, not both")
+        if users:
+            return self._known_queries(Queries("--user", "users", list(users), ["--user"] * len(users)))
+        if similar:
+            return self._known_queries(Queries("--similar-to", "items", list(similar), ["--similar-to"] * len(similar)))
+        return None
+
+    def _known_queries(self, queries: Queries) -> Queries:
+        known = (self.users if queries.kind == "users" else self.items).lookup(queries.ids)
+        unknown = [i for i, index in enumerate(known) if index < 0]
+        if not unknown:
+            return queries
+        if queries.kind == "items":
+            first = unknown[0]
+            raise DataError(f"{queries.source}: item '{queries.ids[first]}' was never seen in training; "
+                            f"the model knows {len(self.items)} items")
+        if not self.options.get("popular_fallback"):
+            first = unknown[0]
+            where = queries.source if queries.source == "--user" else f"{queries.source}: {queries.lines[first]}"
+            more = f" ({len(unknown)} unknown users in all)" if len(unknown) > 1 else ""
+            raise DataError(f"{where}: user '{queries.ids[first]}' was never seen in training{more}; the model knows "
+                            f"{len(self.users)} users. Add --popular-fallback to give unknown users the most popular "
+                            "items, or fine-tune with --init on interactions that include them")
+        import click
+
+        click.echo(f"warning: {len(unknown)} user(s) never seen in training get the most popular items "
+                   "(--popular-fallback); their scores are interaction counts", err=True)
+        return queries
+
+    def labels(self, data: Interactions) -> list[str]:
+        """Builds the id maps (extending the ``--init`` run's, so old ids keep their indices).
+        Recommendation has no label names: the item catalogue lives in ``model/items.json``."""
+        init = self.options.get("init")
+        if init:
+            self._load_init(Path(init))
+        else:
+            self.users, self.items = IdMap(), IdMap()
+        self.users.extend(data.user_ids)
+        self.items.extend(data.item_ids)
+        return []
+
+    def _pairs(self, data: Interactions | Pairs, role: str) -> Pairs:
+        if isinstance(data, Pairs):
+            return data
+        cached = getattr(data, "pairs", None)
+        if cached is None:
+            cached = to_pairs(data, self.users, self.items, role)
+            data.pairs = cached
+        if not len(cached):
+            raise DataError(f"{data.path}: none of its interactions is of a user and an item the model knows")
+        return cached
+
+    def size(self, data: Any) -> int:
+        return len(data.pairs) if getattr(data, "pairs", None) is not None else len(data)
+
+    def split(self, data: Interactions, *, val_fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+        from taskzoo.splits import _check_fraction
+
+        _check_fraction(val_fraction)
+        pairs = self._pairs(data, "train")
+        held = holdout_mask(pairs, val_fraction=val_fraction, seed=seed)
+        if not held.any():
+            raise DataError(f"{data.path}: no user has two or more distinct items, so nothing can be held out for "
+                            "validation; give a validation file with --val")
+        self._seen = self._with_init_seen(pairs.matrix())
+        return pairs.subset(~held, "train"), pairs.subset(held, "val")
+
+    def _with_init_seen(self, matrix: Any) -> Any:
+        if self._init is None:
+            return matrix
+        return _resize(self._init["seen"], matrix.shape) + matrix
+
+    # -- model -----------------------------------------------------------------------------------
+
+    def _load_init(self, folder: Path) -> None:
+        from taskzoo import runs
+
+        config = runs.open_run(folder)
+        if config.get("task") != self.name:
+            raise UserError(f"--init {folder}: that run is for task '{config.get('task')}', not '{self.name}'")
+        model = folder / "model"
+        saved = json.loads((model / CONFIG).read_text(encoding="utf-8"))
+        self.users, self.items = IdMap.load(model / "users.json"), IdMap.load(model / "items.json")
+        self._init = {"folder": folder, "config": saved, "seen": _load_csr(model / SEEN)}
+        if saved["kind"] in FACTOR_KINDS:
+            with np.load(model / FACTORS, allow_pickle=False) as stored:
+                self._init["user_factors"], self._init["item_factors"] = stored["user_factors"], stored["item_factors"]
+
+    def build_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
+        if backbone.source != "implicit" or backbone.location not in KINDS.values():
+            from taskzoo.plugins import get_host
+
+            known = ", ".join(b.name for b in get_host().backbones(self.name))
+            raise UserError(f"--backbone {backbone.name}: not a recommender; known: {known}")
+        self.kind = next(kind for kind, location in KINDS.items() if location == backbone.location)
+        if self._init is not None:
+            saved = self._init["config"]
+            if saved["kind"] != self.kind:
+                raise UserError(f"--init {self._init['folder']}: that run's recommender is {saved['kind']}; fine-tune it "
+                                f"with --backbone {saved['backbone']} (this run asked for {backbone.name})")
+            if self.kind in ("bpr", "lmf"):
+                raise UserError(f"--init: implicit can fold new interactions into ALS only (partial fit); retrain "
+                                f"{self.kind} on all interactions, or start from an als run")
+            self.hyper = dict(saved["hyperparameters"])
+        else:
+            self.hyper = hyperparameters(self.kind, self.options)
+        self.backbone = backbone.name
+        if self.kind in FACTOR_KINDS:
+            return FactorModel(len(self.users), len(self.items), int(self.hyper["factors"]))
+        return NeighbourModel(len(self.items))
+
+    def fit_before_training(self, model: torch.nn.Module, train_data: Any) -> bool:
+        """Fit the implicit model on the training part (or fold new interactions into the --init model)."""
+        pairs = self._pairs(train_data, "train")
+        matrix = pairs.matrix()
+        if self._seen is None:  # --val given: the whole --data file is the training part
+            self._seen = self._with_init_seen(matrix)
+        fitted = self._with_init_seen(matrix)
+        self._fit_matrix = fitted
+        seed = torch.initial_seed() % 2**31  # the run's --seed: the trainer has just called set_seed
+        if isinstance(model, NeighbourModel):
+            recommender = make_implicit(self.kind, self.hyper, seed=seed, threads=self.threads)
+            recommender.fit(fitted, show_progress=True)
+            model.similarity = recommender.similarity.tocsr()
+            model.popularity = torch.as_tensor(_popularity(fitted), device=model.popularity.device)
+            return True
+        if self._init is not None:
+            users = np.unique(pairs.users).astype(np.int32)
+            items = np.unique(pairs.items).astype(np.int32)
+            user_factors, item_factors = fold_in(self._init["user_factors"], self._init["item_factors"], fitted,
+                                                 users, items, self.hyper, self.threads)
+        else:
+            recommender = make_implicit(self.kind, self.hyper, seed=seed, threads=self.threads)
+            recommender.fit(fitted, show_progress=True)
+            user_factors, item_factors = factors_of(recommender)
+        model.set_factors(user_factors, item_factors, _popularity(fitted))
+        return True
+
+    @property
+    def labels_of_model(self) -> list[str]:
+        return []
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def dataloader(self, data: Any, *, batch_size: int, train: bool, seed: int) -> DataLoader:
+        if isinstance(data, Queries):
+            return self._query_loader(data, batch_size)
+        pairs = self._pairs(data, "train" if train else "test")
+        if train:
+            return self._triples_loader(pairs, batch_size, seed)
+        # Validation during a run scores against the training part; evaluation of a saved model
+        # against everything it was trained on. Held-out pairs already seen there cannot be hit.
+        seen = self._fit_matrix if self._fit_matrix is not None else self._seen
+        if seen is None:
+            raise RuntimeError("build the training loader or load a model before evaluating")
+        seen = _resize(seen, (pairs.n_users, pairs.n_items))
+        already = np.asarray(seen[pairs.users, pairs.items]).ravel() > 0
+        targets = pairs.subset(~already, pairs.role) if already.any() else pairs
+        if not len(targets):
+            raise DataError(f"{pairs.path}: every interaction in it is already in the training data; nothing to predict")
+        target_matrix = targets.matrix()
+        users = np.unique(targets.users)
+        collate = _EvalCollate(users, seen, target_matrix)
+        size = max(1, min(batch_size, SCORE_BUDGET // max(1, pairs.n_items)))
+        return DataLoader(_Indices(len(users)), batch_size=size, shuffle=False, collate_fn=collate)
+
+    def _triples_loader(self, pairs: Pairs, batch_size: int, seed: int) -> DataLoader:
+        matrix = _resize(self._with_init_seen(pairs.matrix()), (pairs.n_users, pairs.n_items))
+        self._fit_matrix = matrix
+        collate = _TripleCollate(pairs.users, pairs.items, matrix)
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(_Indices(len(pairs)), batch_size=batch_size, shuffle=True, generator=generator,
+                          collate_fn=collate)
+
+    def _query_loader(self, queries: Queries, batch_size: int) -> DataLoader:
+        if queries.kind == "items":
+            items = torch.as_tensor(self.items.lookup(queries.ids))
+            size = max(1, min(batch_size, SCORE_BUDGET // max(1, len(self.items))))
+            return DataLoader(_Indices(len(items)), batch_size=size,
+                              collate_fn=lambda idx: {"query_items": items[idx], "index": torch.as_tensor(idx)})
+        users = self.users.lookup(queries.ids)
+        collate = _EvalCollate(users, self._seen, None)
+        size = max(1, min(batch_size, SCORE_BUDGET // max(1, len(self.items))))
+        return DataLoader(_Indices(len(users)), batch_size=size, shuffle=False, collate_fn=collate)
+
+    def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
+        k = min(self.k, output.shape[1])
+        scores, ids = torch.topk(output.float(), k, dim=1)
+        scores, ids = scores.cpu().numpy(), ids.cpu().numpy()
+        results = []
+        evaluation = "target_rows" in batch
+        if evaluation:
+            popularity = self._popularity_tensor(output.device).expand(output.shape[0], -1).clone()
+            popular = torch.topk(_mask(popularity, batch), k, dim=1).indices.cpu().numpy()
+        for row in range(len(ids)):
+            valid = np.isfinite(scores[row])
+            item = {"index": int(batch["index"][row]), "items": ids[row][valid].tolist()}
+            if evaluation:
+                item.update(popular=popular[row].tolist(), n_items=int(output.shape[1]))
+            else:
+                item["scores"] = scores[row][valid].tolist()
+            results.append(item)
+        return results
+
+    def _popularity_tensor(self, device: torch.device) -> torch.Tensor:
+        return self._popularity_values.to(device)
+
+    def references(self, batch: Mapping[str, torch.Tensor]) -> list[list[int]]:
+        rows, cols = batch["target_rows"].cpu().numpy(), batch["target_cols"].cpu().numpy()
+        count = len(batch["index"])
+        return [cols[rows == row].tolist() for row in range(count)]
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, FactorModel):
+            # implicit's own ALS .npz layout: AlternatingLeastSquares.load(path) reads it.
+            np.savez(folder / FACTORS, user_factors=model.user_factors.detach().float().cpu().numpy(),
+                     item_factors=model.item_factors.detach().float().cpu().numpy(),
+                     popularity=model.popularity.cpu().numpy())
+        else:
+            similarity = model.similarity
+            np.savez(folder / NEIGHBOURS, indptr=similarity.indptr, indices=similarity.indices, data=similarity.data,
+                     shape=np.array(similarity.shape), popularity=model.popularity.cpu().numpy())
+        _save_csr(folder / SEEN, self._seen)
+        self.users.save(folder / "users.json")
+        self.items.save(folder / "items.json")
+        config = {"format": 1, "kind": self.kind, "backbone": self.backbone, "implicit_class": KINDS[self.kind],
+                  "hyperparameters": self.hyper, "users": len(self.users), "items": len(self.items),
+                  "interactions": int(self._seen.nnz),
+                  "init": str(self._init["folder"]) if self._init else None}
+        (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    def load(self, folder: Path) -> torch.nn.Module:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        self.kind, self.backbone, self.hyper = config["kind"], config["backbone"], config["hyperparameters"]
+        self.users, self.items = IdMap.load(folder / "users.json"), IdMap.load(folder / "items.json")
+        self._seen = _load_csr(folder / SEEN)
+        if self.kind in FACTOR_KINDS:
+            with np.load(folder / FACTORS, allow_pickle=False) as stored:
+                model = FactorModel(len(self.users), len(self.items), stored["user_factors"].shape[1])
+                model.set_factors(stored["user_factors"], stored["item_factors"], stored["popularity"])
+            return model
+        model = NeighbourModel(len(self.items))
+        model.similarity = _load_csr(folder / NEIGHBOURS)
+        with np.load(folder / NEIGHBOURS, allow_pickle=False) as stored:
+            model.popularity = torch.as_tensor(stored["popularity"])
+        return model
+
+    @property
+    def _popularity_values(self) -> torch.Tensor:
+        matrix = self._fit_matrix if self._fit_matrix is not None else self._seen
+        cached = getattr(self, "_popularity_cache", None)
+        if cached is None or cached[0] is not matrix:
+            self._popularity_cache = (matrix, torch.as_tensor(_popularity(matrix)))
+        return self._popularity_cache[1]
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def write_predictions(self, data: Queries, predictions: list[dict[str, Any]], output: Path | None) -> str:
+        query_column = "user" if data.kind == "users" else "item"
+        result_column = "item" if data.kind == "users" else "similar_item"
+        rows = []
+        for prediction in sorted(predictions, key=lambda p: p["index"]):
+            query = data.ids[prediction["index"]]
+            for rank, (item, score) in enumerate(zip(prediction["items"], prediction["scores"]), start=1):
+                rows.append({query_column: query, result_column: self.items.ids[item], "score": round(float(score), 6),
+                             "rank": rank})
+        suffix = output.suffix.lower() if output else ".txt"
+        if suffix == ".jsonl":
+            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=[query_column, result_column, "score", "rank"],
+                                    delimiter="," if suffix == ".csv" else "\t", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            text = buffer.getvalue()
+        else:
+            raise UserError(f"--output {output}: unknown file type; use .csv, .tsv or .jsonl")
+        if output is None:
+            return text.rstrip("\n")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        return ""
+
+    def report(self, folder: Path, metrics: Mapping[str, Any]) -> list[Path]:
+        names = ["precision_at_k", "map_at_k", "ndcg_at_k", "auc_at_k"]
+        if any(f"popular_{name}" not in metrics for name in names):
+            return []
+        from taskzoo_recommendation.pictures import metrics_against_baseline
+
+        baseline = {name: metrics[f"popular_{name}"] for name in names}
+        k = metrics.get("k")
+        lines = [f"| metric (k={k}) | {self.kind} | most popular |", "|---|---|---|"]
+        lines += [f"| {name} | {metrics[name]:.4f} | {baseline[name]:.4f} |" for name in names]
+        (folder / "ranking_metrics.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return [metrics_against_baseline(metrics, baseline, names, k, self.kind, folder / "ranking_metrics.png")]
+
+    def model_card_usage(self, run_folder: Path) -> str:
+        model = run_folder / "model"
+        return (
+            "Recommend, find similar items, or fold in new interactions:\n\n```\n"
+            f"tasks predict --model {run_folder} --user USER_ID --k 10\n"
+            f"tasks predict --model {run_folder} --data users.txt --output recs.csv\n"
+            f"tasks predict --model {run_folder} --similar-to ITEM_ID --k 10\n"
+            f"tasks run recommendation --data new_interactions.csv --init {run_folder}\n```\n\n"
+            "The files are plain arrays (no pickle): `users.json` / `items.json` map row and column numbers to "
+            "your ids, `seen.npz` holds the training interactions (a CSR matrix) and `factors.npz` the factors:\n\n"
+            "```python\nimport json, numpy as np\n"
+            f"factors = np.load(\"{model / FACTORS}\", allow_pickle=False)\n"
+            f"items = json.load(open(\"{model / 'items.json'}\"))\n"
+            "scores = factors[\"user_factors\"][0] @ factors[\"item_factors\"].T   # user 0's scores\n```\n"
+        )
+
+
+def _mask(scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    if batch["seen_rows"].numel():
+        scores[batch["seen_rows"].to(scores.device), batch["seen_cols"].to(scores.device)] = float("-inf")
+    return scores
+
+
+class _EvalCollate:
+    """Batches of users with the items to exclude (seen) and, for evaluation, the held-out items."""
+
+    def __init__(self, users: np.ndarray, seen: Any, targets: Any | None) -> None:
+        self.users, self.seen, self.targets = np.asarray(users, dtype=np.int64), seen, targets
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        users = self.users[indices]
+        known = np.clip(users, 0, None)
+        seen = self.seen[known]
+        seen_rows = np.repeat(np.arange(len(users)), np.diff(seen.indptr))
+        keep = users[seen_rows] >= 0  # unknown users (popular fallback) have seen nothing
+        batch = {
+            "users": torch.as_tensor(users),
+            "index": torch.as_tensor(indices),
+            "seen_rows": torch.as_tensor(seen_rows[keep]),
+            "seen_cols": torch.as_tensor(seen.indices[keep].astype(np.int64)),
+            "seen_weights": torch.as_tensor(seen.data[keep].astype(np.float32)),
+        }
+        if self.targets is not None:
+            target = self.targets[users]
+            batch["target_rows"] = torch.as_tensor(np.repeat(np.arange(len(users)), np.diff(target.indptr)))
+            batch["target_cols"] = torch.as_tensor(target.indices.astype(np.int64))
+        return batch
+
+
+class _TripleCollate:
+    """(user, item the user interacted with, item the user did not) for the BPR loss; negatives are
+    drawn uniformly from the torch random state (seeded by the trainer, saved in checkpoints)."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, matrix: Any) -> None:
+        self.users, self.items = users.astype(np.int64), items.astype(np.int64)
+        self.n_items = matrix.shape[1]
+        coo = matrix.tocoo()
+        self.positive_keys = np.sort(coo.row.astype(np.int64) * self.n_items + coo.col)
+
+    def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.n_items + items
+        found = np.searchsorted(self.positive_keys, keys)
+        found = np.clip(found, 0, len(self.positive_keys) - 1)
+        return self.positive_keys[found] == keys
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        users, positives = self.users[indices], self.items[indices]
+        negatives = torch.randint(self.n_items, (len(indices),)).numpy()
+        for _ in range(3):  # resample the few negatives that are in fact positives
+            clash = self._is_positive(users, negatives)
+            if not clash.any():
+                break
+            negatives[clash] = torch.randint(self.n_items, (int(clash.sum()),)).numpy()
+        return {"users": torch.as_tensor(users), "positives": torch.as_tensor(positives),
+                "negatives": torch.as_tensor(negatives), "index": torch.as_tensor(indices)}
