@@ -385,3 +385,15 @@ def test_fine_tune_from_offline_imagenet_weights_beats_the_untrained_head(tmp_pa
     assert trained["map_50"] >= untrained["map_50"] + 0.4, (untrained["map_50"], trained["map_50"])
     assert trained["map"] > untrained["map"]
     assert (run_dir / "predictions.png").is_file() and (run_dir / "precision_recall.png").is_file()
+
+
+def test_sizes_follow_exif_rotation_like_the_pixels(tmp_path):
+    """A phone photo stored landscape with 'rotate 90' in EXIF is annotated (and read) upright."""
+    from taskzoo_detection.data import image_size, read_rgb
+
+    image = Image.fromarray(np.zeros((40, 100, 3), dtype=np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    assert read_rgb(tmp_path / "phone.jpg").shape[:2] == (100, 40)
+    assert image_size(tmp_path / "phone.jpg") == (40, 100)

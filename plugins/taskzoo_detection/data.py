@@ -19,6 +19,7 @@ YAML_NAMES = ("dataset.yaml", "data.yaml")
 NAMES_FILES = ("classes.txt", "obj.names", "names.txt")
 # A box may stick out of its image by rounding before it counts as clipped.
 CLIP_TOLERANCE = 1.0
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -60,7 +61,12 @@ def image_size(path: Path) -> tuple[int, int]:
 
     try:
         with Image.open(path) as image:
-            return image.size
+            width, height = image.size
+            # EXIF orientations 5-8 turn the picture a quarter: read_rgb shows it turned, so boxes
+            # (drawn on the turned picture by annotation tools) are checked against that size.
+            if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            return width, height
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise DataError(f"{path}: unreadable image ({' '.join(str(error).split())})") from None
 
