@@ -202,3 +202,33 @@ def test_gradient_fine_tuning_runs_through_the_shared_trainer(runner, tmp_path):
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert history[0]["train_loss"] is None and history[1]["train_loss"] > history[2]["train_loss"] > 0
     assert (out / "training_curves.png").exists()
+
+
+def test_popularity_baseline_is_the_most_popular_unseen_items_of_each_user():
+    """The baseline's shortcut (only the first k + most-seen popular items are candidates) picks
+    exactly what masking every seen item and ranking all items by popularity picks."""
+    import scipy.sparse as sp
+    import torch
+
+    from taskzoo_recommendation.task import RecommendationTask, _EvalCollate
+
+    rng = np.random.default_rng(3)
+    users, items, k = 30, 200, 10
+    # Heavy users who have seen most popular items make the shortcut reach far down the order.
+    rows = np.concatenate([rng.integers(0, users, 2000), np.repeat([0, 1], 150)])
+    cols = np.concatenate([rng.zipf(1.3, 2000) % items, np.tile(np.arange(150), 2)])
+    seen = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(users, items))
+    seen.sum_duplicates()
+    seen.data[:] = 1
+    task = RecommendationTask.__new__(RecommendationTask)
+    task._seen, task._fit_matrix = seen, None
+    batch = _EvalCollate(np.arange(users), seen, None)(list(range(users)))
+    chosen = task._popular_unseen(batch, k, users)
+    popularity = np.bincount(seen.indices, minlength=items).astype(np.float64)
+    for user in range(users):
+        scores = popularity.copy()
+        scores[seen[user].indices] = -np.inf
+        expected = np.argsort(-scores, kind="stable")[:k]
+        assert chosen[user].tolist() == expected.tolist(), user
+        assert not set(chosen[user]) & set(seen[user].indices)
+    assert torch.is_tensor(batch["seen_rows"])

@@ -293,8 +293,7 @@ class RecommendationTask(Task):
         results = []
         evaluation = "target_rows" in batch
         if evaluation:
-            popularity = self._popularity_tensor(output.device).expand(output.shape[0], -1).clone()
-            popular = torch.topk(_mask(popularity, batch), k, dim=1).indices.cpu().numpy()
+            popular = self._popular_unseen(batch, k, output.shape[0])
         for row in range(len(ids)):
             valid = np.isfinite(scores[row])
             item = {"index": int(batch["index"][row]), "items": ids[row][valid].tolist()}
@@ -305,8 +304,24 @@ class RecommendationTask(Task):
             results.append(item)
         return results
 
-    def _popularity_tensor(self, device: torch.device) -> torch.Tensor:
-        return self._popularity_values.to(device)
+    def _popular_unseen(self, batch: Mapping[str, torch.Tensor], k: int, users: int) -> np.ndarray:
+        """The most-popular baseline's top k per user: the most popular items the user has not
+        seen. Only the first k + (most items any user in the batch has seen) popular items can be
+        chosen, so the baseline costs users x that many checks instead of users x all items."""
+        popularity = self._popularity_values.numpy()
+        cached = getattr(self, "_popularity_order", None)
+        if cached is None or cached[0] is not popularity:
+            self._popularity_order = (popularity, np.argsort(-popularity, kind="stable"))
+        order = self._popularity_order[1]
+        seen_rows, seen_cols = batch["seen_rows"].cpu().numpy(), batch["seen_cols"].cpu().numpy()
+        most_seen = int(np.bincount(seen_rows, minlength=users).max(initial=0))
+        candidates = order[: k + most_seen]
+        position = np.full(len(order), -1, dtype=np.int64)
+        position[candidates] = np.arange(len(candidates))
+        hit = position[seen_cols]
+        blocked = np.zeros((users, len(candidates)), dtype=bool)
+        blocked[seen_rows[hit >= 0], hit[hit >= 0]] = True
+        return candidates[np.argsort(blocked, axis=1, kind="stable")[:, :k]]
 
     def references(self, batch: Mapping[str, torch.Tensor]) -> list[list[int]]:
         rows, cols = batch["target_rows"].cpu().numpy(), batch["target_cols"].cpu().numpy()
@@ -416,12 +431,6 @@ class RecommendationTask(Task):
             f"items = json.load(open(\"{model / 'items.json'}\"))\n"
             "scores = factors[\"user_factors\"][0] @ factors[\"item_factors\"].T   # user 0's scores\n```\n"
         )
-
-
-def _mask(scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    if batch["seen_rows"].numel():
-        scores[batch["seen_rows"].to(scores.device), batch["seen_cols"].to(scores.device)] = float("-inf")
-    return scores
 
 
 class _EvalCollate:
