@@ -23,8 +23,9 @@ def coco_summary(predictions: Sequence[dict[str, Any]], references: Sequence[dic
     import torch
     from torchmetrics.detection import MeanAveragePrecision
 
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True,
-                                  backend="pycocotools")
+    # Per-category figures are read off the one evaluation's precision and recall arrays, as COCO's
+    # summary averages them; class_metrics=True would run the whole evaluation again per category.
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", extended_summary=True, backend="pycocotools")
     preds = [{"boxes": torch.tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4),
               "scores": torch.tensor(p["scores"], dtype=torch.float32),
               "labels": torch.tensor(p["labels"], dtype=torch.long)} for p in predictions]
@@ -36,8 +37,7 @@ def coco_summary(predictions: Sequence[dict[str, Any]], references: Sequence[dic
     names = list(context.labels)
     classes = result["classes"].reshape(-1).tolist()
     precision = result["precision"].numpy()  # IoU thresholds x 101 recall points x classes x areas x max dets
-    ap = result["map_per_class"].reshape(-1).tolist()
-    recall = result["mar_100_per_class"].reshape(-1).tolist()
+    recall = result["recall"].numpy()  # IoU thresholds x classes x areas x max dets
     counts = np.bincount(np.concatenate([np.asarray(r["labels"], dtype=np.int64)[~np.asarray(r["crowd"], dtype=bool)]
                                          for r in references] or [np.zeros(0, np.int64)]), minlength=len(names))
     per_class, curves = {}, {}
@@ -47,8 +47,9 @@ def coco_summary(predictions: Sequence[dict[str, Any]], references: Sequence[dic
         at_50 = precision[0, :, column, 0, -1]
         if counts[label] == 0:  # no true boxes: AP is undefined, as in COCO's own summary
             continue
-        per_class[names[label]] = {"ap": max(ap[column], 0.0), "ap50": float(np.clip(at_50, 0, None).mean()),
-                                   "recall": max(recall[column], 0.0), "boxes": int(counts[label])}
+        per_class[names[label]] = {"ap": _mean_defined(precision[:, :, column, 0, -1]),
+                                   "ap50": _mean_defined(at_50),
+                                   "recall": _mean_defined(recall[:, column, 0, -1]), "boxes": int(counts[label])}
         curves[names[label]] = [round(float(v), 4) for v in at_50]
     summary = {
         "map": max(float(result["map"]), 0.0),
@@ -61,6 +62,12 @@ def coco_summary(predictions: Sequence[dict[str, Any]], references: Sequence[dic
     }
     _last.update(predictions=predictions, references=references, summary=summary)
     return summary
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    """COCO's average: -1 marks 'undefined' (no true boxes) and is left out."""
+    defined = values[values > -1]
+    return float(defined.mean()) if defined.size else 0.0
 
 
 def _field(name: str, doc: str) -> Any:
