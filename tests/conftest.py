@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import random
 from pathlib import Path
 
@@ -61,3 +62,13 @@ def review_split(review_rows, tmp_path_factory) -> tuple[Path, Path]:
     train = write_csv(folder / "train.csv", ["review", "sentiment"], rows[:240])
     test = write_csv(folder / "test.csv", ["review", "sentiment"], rows[300:400])
     return train, test
+
+
+def fake_install(site: Path, name: str, version: str, entry_points: dict[str, str]) -> importlib.metadata.Distribution:
+    """What ``pip install`` leaves behind for entry-point discovery: a .dist-info with metadata."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[taskzoo]\n{lines}", encoding="utf-8")
+    return importlib.metadata.PathDistribution(info)

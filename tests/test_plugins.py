@@ -11,7 +11,7 @@ import pytest
 from toy_plugin import ToyPlugin
 
 import taskzoo
-from taskzoo import TaskSpec, UserError, hookimpl
+from taskzoo import BackboneSpec, MetricSpec, TaskSpec, UserError, hookimpl
 from taskzoo.cli import cli
 from taskzoo.plugins import PluginHost
 
@@ -32,7 +32,7 @@ class FakeEntryPoint:
         self._target = target
 
     def load(self):
-        if isinstance(self._target, Exception):
+        if isinstance(self._target, BaseException):
             raise self._target
         return self._target
 
@@ -176,3 +176,86 @@ def test_listing_commands_do_not_import_torch():
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_malformed_records_are_refused_one_by_one_and_reported(runner, use_host):
+    bad_task = TaskSpec(name="Bad Name", description="", data_formats=("csv",), task_class="no_colon",
+                        main_metric="m")
+    bad_backbone = BackboneSpec(name="b", task="good", source="ftp", location="x", licence="MIT")
+    # tasks=("good") without the comma is the string "good": it would match tasks by substring.
+    bad_metric = MetricSpec(name="m", tasks="good", compute=len)  # type: ignore[arg-type]
+    sloppy = module_with(
+        "sloppy",
+        taskzoo_tasks=lambda: [bad_task, task_spec("good")],
+        taskzoo_backbones=lambda: [bad_backbone],
+        taskzoo_metrics=lambda: [bad_metric, MetricSpec(name="m", tasks=("good",), compute=len)],
+    )
+    host = use_host(entry_points=[FakeEntryPoint("sloppy", sloppy)], registry_path=None)
+    assert list(host.tasks()) == ["good"]
+    assert host.backbones("good") == []
+    assert [m.name for m in host.metrics("good")] == ["m"]
+    (info,) = host.plugins()
+    assert info.loaded and info.tasks == ["good"]
+    assert len(info.errors) == 3
+    assert info.errors[0].startswith("taskzoo_tasks: TaskSpec 'Bad Name' refused: name 'Bad Name' must be lowercase")
+    assert "description must be a non-empty string" in info.errors[0]
+    assert "task_class must be 'package.module:ClassName', got 'no_colon'" in info.errors[0]
+    assert info.errors[1] == "taskzoo_backbones: BackboneSpec 'b' refused: source 'ftp' is not one of " \
+        "package, hub, local, timm, smp, implicit"
+    assert "taskzoo_metrics: MetricSpec 'm' refused: tasks must be a non-empty tuple of task names" in info.errors[2]
+    result = runner.invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    assert "PROBLEMS" in result.stdout
+    assert "sloppy: taskzoo_tasks: TaskSpec 'Bad Name' refused" in result.stderr
+
+
+def test_plugin_without_hooks_is_reported_with_the_likely_cause():
+    empty = types.ModuleType("empty")
+    undecorated = types.ModuleType("undecorated")
+    undecorated.taskzoo_tasks = lambda: [task_spec("never")]  # the @hookimpl marker is missing
+    fine = module_with("fine", taskzoo_tasks=lambda: [task_spec("ok")])
+    host = PluginHost(entry_points=[FakeEntryPoint("empty", empty), FakeEntryPoint("undecorated", undecorated),
+                                    FakeEntryPoint("fine", fine)], registry_path=None)
+    assert list(host.tasks()) == ["ok"]
+    infos = {info.name: info for info in host.plugins()}
+    assert not infos["empty"].loaded
+    assert infos["empty"].errors[0].startswith("failed to load: ValueError: defines no taskzoo hooks: expected functions")
+    assert infos["undecorated"].errors == [
+        "failed to load: ValueError: defines no taskzoo hooks: taskzoo_tasks lack(s) the @taskzoo.hookimpl decorator"]
+    assert infos["fine"].loaded and infos["fine"].errors == []
+
+
+def test_plugin_calling_sys_exit_at_import_does_not_end_the_command(runner, use_host):
+    fine = module_with("fine", taskzoo_tasks=lambda: [task_spec("ok")])
+    use_host(entry_points=[FakeEntryPoint("quitter", SystemExit(3), dist="quitter-dist"), FakeEntryPoint("fine", fine)],
+             registry_path=None)
+    result = runner.invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert plugins["quitter"]["errors"] == ["failed to load: SystemExit: 3"] and not plugins["quitter"]["loaded"]
+    assert plugins["fine"]["tasks"] == ["ok"]
+
+
+def test_cli_disable_plugin_turns_one_off_and_an_unknown_name_exits_2(runner, use_host):
+    a = module_with("a", taskzoo_tasks=lambda: [task_spec("a")])
+    b = module_with("b", taskzoo_tasks=lambda: [task_spec("b")])
+    eps = lambda: [FakeEntryPoint("a", a), FakeEntryPoint("b", b)]  # noqa: E731
+    use_host(entry_points=eps(), registry_path=None)
+    result = runner.invoke(cli, ["--disable-plugin", "a", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [row["name"] for row in json.loads(result.stdout)] == ["b"]
+
+    use_host(entry_points=eps(), registry_path=None)
+    result = runner.invoke(cli, ["--disable-plugin", "a", "plugins"])
+    assert result.exit_code == 0
+    status = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[1:]}
+    assert status == {"a": "disabled", "b": "ok"}
+
+    use_host(entry_points=eps(), registry_path=None)
+    result = runner.invoke(cli, ["--disable-plugin", "a", "--disable-plugin", "b", "list", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+    use_host(entry_points=eps(), registry_path=None)
+    result = runner.invoke(cli, ["--disable-plugin", "nosuch", "list"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --disable-plugin nosuch: no plugin of that name; plugins: a, b"
