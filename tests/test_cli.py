@@ -24,7 +24,7 @@ def test_list_backbones_and_plugins_text_and_json(runner):
     listed = runner.invoke(cli, ["list"])
     assert listed.exit_code == 0 and "sentiment" in listed.output and "all-minilm-l6-v2" in listed.output
     rows = {row["name"]: row for row in json.loads(runner.invoke(cli, ["list", "--json"]).output)}
-    assert list(rows) == ["ner", "segmentation", "sentiment"]
+    assert list(rows) == ["detection", "ner", "recommendation", "segmentation", "sentiment"]
     assert rows["sentiment"]["data_formats"] == ["csv", "tsv", "jsonl"] and rows["ner"]["main_metric"] == "f1"
     assert json.loads(runner.invoke(cli, ["list", "nothing*", "--json"]).output) == []
     backbones = json.loads(runner.invoke(cli, ["backbones", "sentiment", "--json"]).output)
@@ -38,7 +38,7 @@ def test_list_backbones_and_plugins_text_and_json(runner):
 def test_unknown_task_lists_known_ones(runner):
     result = runner.invoke(cli, ["run", "sentimnt", "--data", "x.csv"])
     assert result.exit_code == 2
-    assert "unknown task 'sentimnt'; known tasks: ner, segmentation, sentiment" in result.output
+    assert "unknown task 'sentimnt'; known tasks: detection, ner, recommendation, segmentation, sentiment" in result.output
     assert_user_error(runner.invoke(cli, ["backbones", "sentimnt"]), "unknown task 'sentimnt'")
 
 

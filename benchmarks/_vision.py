@@ -1,0 +1,173 @@
+"""What the vision benchmarks share: taskzoo's shared trainer against the plain PyTorch loop a user
+would write for the same network and recipe (``segmentation_trainer.py``, ``detection_trainer.py``).
+
+A script supplies its task's name, data options and evaluation (the plain arm's per-epoch metric);
+this module holds the rest, so both arms are prepared, timed and reported the same way:
+
+- `prepare`: the task, its seeded split and a freshly built model, identical in both arms;
+- `fit_taskzoo`: the timed `Trainer.fit()`; `plain_optimizer`: the same AdamW and schedule by hand;
+- `compare`: one subprocess per arm and repeat, alternating order, medians, and the ratio of
+  training images/s (train images x epochs / wall seconds of the whole fit, evaluation included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, image_size: int,
+                         lr: float, weight_decay: float = 1e-4) -> None:
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--image-size", type=int, default=image_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--weight-decay", type=float, default=weight_decay)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--arm", choices=["taskzoo", "plain"], help=argparse.SUPPRESS)
+
+
+def prepare(task_name: str, opts: argparse.Namespace, options: Mapping[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+    """Task, split data and a freshly initialised model: the same in both arms."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from taskzoo.backbones import resolve_backbone
+    from taskzoo.plugins import get_host
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    host = get_host()
+    spec = host.task(task_name)
+    task = spec.load()(spec, {**{option.key: option.default for option in spec.options}, **options})
+    data = task.read(Path(opts.data), role="train")
+    labels = task.labels(data)
+    train, val = task.split(data, val_fraction=0.2, seed=opts.seed)
+    set_seed(opts.seed)
+    model = task.build_model(resolve_backbone(host, task_name, None), labels)
+    return host, spec, task, (train, val), model
+
+
+def fit_taskzoo(prepared: tuple[Any, Any, Any, Any, Any], opts: argparse.Namespace,
+                quality: Callable[[Mapping[str, Any]], list[float]]) -> dict[str, Any]:
+    """The shared trainer's fit; ``quality`` picks the reported figures from an epoch's metrics."""
+    from taskzoo.trainer import Trainer, TrainingArgs, make_accelerator
+
+    host, spec, task, (train, val), model = prepared
+    args = TrainingArgs(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
+                        warmup_ratio=0.1, scheduler="linear", max_grad_norm=1.0, seed=opts.seed, log_every=10)
+    with tempfile.TemporaryDirectory(prefix="taskzoo-bench-") as run_dir:
+        trainer = Trainer(task=task, model=model, train_data=train, val_data=val, metrics=host.metrics(spec.name),
+                          main_metric=spec.main_metric, args=args, accelerator=make_accelerator(seed=opts.seed),
+                          run_dir=Path(run_dir))
+        start = time.perf_counter()
+        summary = trainer.fit()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "train_images": len(train),
+            "quality_by_epoch": [quality(h["val"]) for h in summary["history"]]}
+
+
+def plain_optimizer(model: Any, opts: argparse.Namespace, steps_per_epoch: int) -> tuple[Any, Any]:
+    """AdamW (fused, no decay on 1-d tensors, frozen parameters left out) with warmup + linear decay,
+    written as a PyTorch user would: the shared trainer's recipe."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+    total = steps_per_epoch * opts.epochs
+    warmup = int(total * 0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, 1 - (step - warmup) / max(1, total - warmup))
+    )
+    return optimizer, scheduler
+
+
+def plain_train_epoch(model: Any, loader: Any, optimizer: Any, scheduler: Any) -> None:
+    import torch
+
+    model.train()
+    for batch in loader:
+        loss = model(batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def save_plain_checkpoint(model: Any, optimizer: Any, scheduler: Any, folder: str) -> None:
+    import torch
+
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               Path(folder) / "checkpoint.pt")
+
+
+def _arm_result(result: dict[str, Any], epochs: int) -> dict[str, Any]:
+    import torch
+
+    result["images_per_second"] = result["train_images"] * epochs / result["seconds"]
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return result
+
+
+def compare(opts: argparse.Namespace, script: str, arms: Mapping[str, Callable[[], dict[str, Any]]],
+            quality_names: list[str]) -> dict[str, Any] | None:
+    """In a child (``--arm``): run that arm and print its JSON line. In the parent: run both arms
+    ``--repeats`` times in alternating order and return medians and the images/s ratio."""
+    if opts.arm:
+        print(json.dumps(_arm_result(arms[opts.arm](), opts.epochs)))
+        return None
+    runs: dict[str, list[dict[str, Any]]] = {"taskzoo": [], "plain": []}
+    for repeat in range(opts.repeats):
+        for arm in (("taskzoo", "plain") if repeat % 2 == 0 else ("plain", "taskzoo")):
+            command = [sys.executable, script, "--arm", arm] + [a for a in sys.argv[1:] if a != "--json"]
+            env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+            finished = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+            if finished.returncode:
+                sys.exit(f"{arm} arm failed:\n{finished.stderr[-3000:]}")
+            runs[arm].append(json.loads(finished.stdout.strip().splitlines()[-1]))
+    summary: dict[str, Any] = {}
+    for arm, results in runs.items():
+        summary[arm] = {
+            "images_per_second": statistics.median(r["images_per_second"] for r in results),
+            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in results),
+            "per_repeat_images_per_second": [r["images_per_second"] for r in results],
+            "train_images": results[0]["train_images"],
+            **{f"final_{name}": statistics.median(r["quality_by_epoch"][-1][i] for r in results)
+               for i, name in enumerate(quality_names)},
+        }
+    summary["ratio"] = summary["taskzoo"]["images_per_second"] / summary["plain"]["images_per_second"]
+    return summary
+
+
+def print_report(summary: dict[str, Any], opts: argparse.Namespace, title: str, quality_names: list[str]) -> None:
+    if opts.json:
+        print(json.dumps(summary, indent=2))
+        return
+    t, p = summary["taskzoo"], summary["plain"]
+    print(f"{title}, {t['train_images']} train images, {opts.epochs} epochs, batch {opts.batch_size}, "
+          f"{opts.image_size}px, repeats {opts.repeats} (medians)")
+    print(f"{'':24}{'taskzoo':>12}{'plain loop':>12}")
+    print(f"{'images/s':24}{t['images_per_second']:>12.2f}{p['images_per_second']:>12.2f}")
+    print(f"{'peak RSS MiB':24}{t['peak_rss_mib']:>12.0f}{p['peak_rss_mib']:>12.0f}")
+    for name in quality_names:
+        print(f"{'final val ' + name:24}{t['final_' + name]:>12.4f}{p['final_' + name]:>12.4f}")
+    print(f"images/s  taskzoo {t['images_per_second']:.2f}  plain {p['images_per_second']:.2f}  ratio {summary['ratio']:.2f}")
