@@ -1,13 +1,14 @@
 """Reading users' tabular files (CSV, TSV, JSON Lines) strictly: UTF-8, with errors naming the file
-and the line, never a traceback."""
+and the line, never a traceback; and writing prediction rows as CSV, TSV or JSON Lines."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import warnings
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskzoo.errors import DataError
@@ -18,14 +19,15 @@ if TYPE_CHECKING:
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
-def read_text(path: Path) -> str:
-    """The file's text; a `DataError` naming the line if it is missing, empty or not UTF-8."""
+def read_text(path: Path, *, allow_empty: bool = False) -> str:
+    """The file's text; a `DataError` naming the line if it is missing, not UTF-8, or empty (unless
+    ``allow_empty``: a YOLO label file of an image without objects is empty on purpose)."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a file")
     raw = path.read_bytes()
-    if not raw.strip():
+    if not raw.strip() and not allow_empty:
         raise DataError(f"{path}: the file is empty")
     try:
         return raw.decode("utf-8-sig")
@@ -97,3 +99,36 @@ def find_column(path: Path, columns: list[str], given: str | None, candidates: t
         if candidate in lowered:
             return lowered[candidate]
     return None
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (a header row of numbers only is data, not names)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def delimited_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, tabs: bool) -> str:
+    """``rows`` as CSV (or TSV with ``tabs``) with a header of ``columns``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), delimiter="\t" if tabs else ",", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def json_lines_text(records: Iterable[Any]) -> str:
+    """One JSON object per line, non-ASCII kept as it is."""
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def write_or_return(text: str, output: Path | None) -> str:
+    """Write ``text`` to ``output`` (creating its folder) and return ""; without an output, return
+    the text for the screen. What `Task.write_predictions` returns either way."""
+    if output is None:
+        return text.rstrip("\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    return ""

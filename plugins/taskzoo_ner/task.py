@@ -7,9 +7,6 @@ at word boundaries into several windows, each word in exactly one, and stitched 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +19,7 @@ from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
 from taskzoo.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
 from taskzoo.plots import plot_confusion_matrix
+from taskzoo.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo.splits import random_split
 from taskzoo_ner.data import NerData, Sentence, read_ner
@@ -220,22 +218,13 @@ class NerTask(Task):
                     lines.append("  (no entities)")
             return "\n".join(lines)
         if suffix in (".jsonl", ".json"):
-            text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+            text = json_lines_text(records)
         elif suffix in (".csv", ".tsv"):
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, delimiter="\t" if suffix == ".tsv" else ",", lineterminator="\n")
-            writer.writerow(["line", "start", "end", "text", "label", "score"])
-            for record in records:
-                for e in record["entities"]:
-                    writer.writerow([record["line"], e["start"], e["end"], e["text"], e["label"], e["score"]])
-            text = buffer.getvalue()
+            entities = ({"line": record["line"], **entity} for record in records for entity in record["entities"])
+            text = delimited_text(entities, ["line", "start", "end", "text", "label", "score"], tabs=suffix == ".tsv")
         else:
             raise UserError(f"--output {output}: unknown file type; use .jsonl, .csv or .tsv")
-        if output is None:
-            return text.rstrip("\n")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        return ""
+        return write_or_return(text, output)
 
     def report(self, folder: Path, metrics: Mapping[str, Any]) -> list[Path]:
         pictures = []

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from taskzoo import DataError, Finding
+from taskzoo.tables import find_column, is_number, read_text
 
 USER_COLUMNS = ("user", "user_id", "userid", "users", "customer", "customer_id", "customerid", "client_id",
                 "visitor", "visitorid", "visitor_id", "member_id", "account_id", "reader", "reader_id", "uid",
@@ -155,23 +156,6 @@ def _separator(path: Path, first_line: str) -> str:
     return r"\s+"
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _find(columns: list[str], given: str | None, candidates: tuple[str, ...], option: str, path: Path) -> str | None:
-    if given:
-        if given not in columns:
-            raise DataError(f"{path}: no column '{given}' (from {option}); columns are: {', '.join(columns)}")
-        return given
-    lowered = {column.lower(): column for column in columns}
-    return next((lowered[c] for c in candidates if c in lowered), None)
-
-
 def read_frame(path: Path, id_columns: Sequence[str | None] = ()) -> tuple[Any, bool]:
     """The file as a DataFrame of text cells, and whether it had no header row.
 
@@ -192,15 +176,13 @@ def read_frame(path: Path, id_columns: Sequence[str | None] = ()) -> tuple[Any, 
         if frame.empty:
             raise DataError(f"{path}: no data rows")
         return frame, False
-    from taskzoo.tables import read_text
-
     text = read_text(path)
     first_line = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     separator = _separator(path, first_line)
     if separator == "::":
         text, separator = text.replace("::", "\t"), "\t"
     cells = [c.strip().strip('"') for c in (first_line.split() if separator == r"\s+" else first_line.split(separator))]
-    headerless = bool(cells) and all(_is_number(c) for c in cells if c)
+    headerless = bool(cells) and all(is_number(c) for c in cells if c)
     # Ids are text ('007' is not '7'); other columns are parsed as numbers by the C parser (fast),
     # falling back to text that `_numbers` checks cell by cell.
     named = {c.lower() for c in id_columns if c} | set(USER_COLUMNS) | set(ITEM_COLUMNS)
@@ -277,8 +259,8 @@ def read_interactions(
     path = Path(path)
     frame, headerless = read_frame(path, (user_column, item_column))
     columns = list(frame.columns)
-    user = _find(columns, user_column, USER_COLUMNS, "--user-column", path)
-    item = _find(columns, item_column, ITEM_COLUMNS, "--item-column", path)
+    user = find_column(path, columns, user_column, USER_COLUMNS, "user", "--user-column")
+    item = find_column(path, columns, item_column, ITEM_COLUMNS, "item", "--item-column")
     for found, candidates, what, option in ((user, USER_COLUMNS, "user", "--user-column"),
                                             (item, ITEM_COLUMNS, "item", "--item-column")):
         if found is None:
@@ -286,8 +268,8 @@ def read_interactions(
                             f"{', '.join(candidates[:8])}... or name it with {option}")
     if user == item:
         raise DataError(f"{path}: the user and item columns are both '{user}'")
-    weight = _find(columns, weight_column, WEIGHT_COLUMNS, "--weight-column", path)
-    time = _find(columns, time_column, TIME_COLUMNS, "--time-column", path)
+    weight = find_column(path, columns, weight_column, WEIGHT_COLUMNS, "weight", "--weight-column")
+    time = find_column(path, columns, time_column, TIME_COLUMNS, "time", "--time-column")
 
     ids = {}
     for role, column in (("user", user), ("item", item)):
@@ -326,8 +308,6 @@ def read_interactions(
 
 def read_queries(path: Path, *, user_column: str | None = None) -> Queries:
     """Users to recommend for: a text file with one id per line, or a table with a user column."""
-    from taskzoo.tables import read_text
-
     path = Path(path)
     if path.suffix.lower() == ".txt":
         ids, lines = [], []
@@ -340,7 +320,7 @@ def read_queries(path: Path, *, user_column: str | None = None) -> Queries:
         return Queries(str(path), "users", ids, lines)
     frame, _ = read_frame(path)
     columns = list(frame.columns)
-    user = _find(columns, user_column, USER_COLUMNS, "--user-column", path)
+    user = find_column(path, columns, user_column, USER_COLUMNS, "user", "--user-column")
     if user is None:
         if len(columns) != 1:
             raise DataError(f"{path}: no user column among {', '.join(columns)}; name it with --user-column")

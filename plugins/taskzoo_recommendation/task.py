@@ -4,8 +4,6 @@ metrics beside a most-popular baseline, and updated with new interactions by ``-
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
+from taskzoo.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo_recommendation.data import (IdMap, Interactions, Pairs, Queries, holdout_mask, read_interactions,
                                          read_queries, to_pairs)
@@ -390,21 +389,12 @@ class RecommendationTask(Task):
                              "rank": rank})
         suffix = output.suffix.lower() if output else ".txt"
         if suffix == ".jsonl":
-            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            text = json_lines_text(rows)
         elif suffix in (".csv", ".tsv", ".txt"):
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=[query_column, result_column, "score", "rank"],
-                                    delimiter="," if suffix == ".csv" else "\t", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            text = buffer.getvalue()
+            text = delimited_text(rows, [query_column, result_column, "score", "rank"], tabs=suffix != ".csv")
         else:
             raise UserError(f"--output {output}: unknown file type; use .csv, .tsv or .jsonl")
-        if output is None:
-            return text.rstrip("\n")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        return ""
+        return write_or_return(text, output)
 
     def report(self, folder: Path, metrics: Mapping[str, Any]) -> list[Path]:
         names = ["precision_at_k", "map_at_k", "ndcg_at_k", "auc_at_k"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import DataError, Finding
-from taskzoo.tables import find_column, read_table, read_text
+from taskzoo.tables import find_column, is_number, read_table, read_text
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content", "body", "comment", "review_text", "document", "tweet", "message")
 LABEL_COLUMNS = ("label", "sentiment", "stars", "rating", "class", "polarity", "target", "category")
@@ -107,7 +107,7 @@ def read_texts(
     raw_texts = [_cell(v) for v in frame[text_col].tolist()]
     raw_labels = [_cell(v) for v in frame[label_col].tolist()] if label_col and needs_labels else None
     present = [t for t in raw_texts if t is not None]
-    if present and all(_is_number(t) for t in present):
+    if present and all(is_number(t) for t in present):
         raise DataError(f"{path}: column '{text_col}' holds numbers, not text; name the text column with --text-column")
 
     texts, labels, rows, records, dropped = [], [], [], [], []
@@ -165,14 +165,6 @@ def _read_lines(path: Path) -> TextData:
         raise DataError(f"{path}: no non-empty lines to predict for")
     return TextData(path=path, texts=texts, labels=None, rows=rows, text_column="text", label_column=None,
                     columns=["text"], records=[{"text": t} for t in texts])
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def check(data: TextData) -> list[Finding]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
 from taskzoo.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
 from taskzoo.plots import plot_confusion_matrix
+from taskzoo.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo.splits import stratified_split
 from taskzoo_sentiment.data import TextData, read_texts, sort_labels
@@ -132,26 +130,16 @@ class SentimentTask(Task):
             return "\n".join(f"{r['prediction']}\t{r['score']:.4f}\t{data.texts[p['index']]}" for p, r in rows)
         suffix = output.suffix.lower() if output else ".csv"
         if suffix in (".jsonl", ".json"):
-            text = "".join(
-                json.dumps({**r, "row": data.rows[p["index"]],
-                            "scores": {labels[i]: round(v, 6) for i, v in enumerate(p["probs"])}}, ensure_ascii=False) + "\n"
+            text = json_lines_text(
+                {**r, "row": data.rows[p["index"]], "scores": {labels[i]: round(v, 6) for i, v in enumerate(p["probs"])}}
                 for p, r in rows
             )
         elif suffix in (".csv", ".tsv"):
-            buffer = io.StringIO()
             fields = list(rows[0][1]) if rows else ["prediction", "score"]
-            writer = csv.DictWriter(buffer, fieldnames=fields, delimiter="\t" if suffix == ".tsv" else ",",
-                                    lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(r for _, r in rows)
-            text = buffer.getvalue()
+            text = delimited_text((r for _, r in rows), fields, tabs=suffix == ".tsv")
         else:
             raise UserError(f"--output {output}: unknown file type; use .csv, .tsv or .jsonl")
-        if output is None:
-            return text.rstrip("\n")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        return ""
+        return write_or_return(text, output)
 
     def report(self, folder: Path, metrics: Mapping[str, Any]) -> list[Path]:
         if "confusion_matrix" not in metrics:
