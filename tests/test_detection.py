@@ -124,6 +124,10 @@ def _break(root: Path, how: str) -> tuple[list[str], str]:
     """Spoil a data set one way; return the data arguments and the file the message must name."""
     coco = root / "coco.json"
     document = json.loads(coco.read_text())
+    if how == "yolo label not utf-8":
+        label = root / "labels" / "im01.txt"
+        label.write_bytes(b"0 0.5 0.5 0.1 0.1 # caf\xe9\n")
+        return [str(root)], str(label)
     if how.startswith("yolo"):
         label = root / "labels" / "im01.txt"
         label.write_text({"yolo class outside names": "5 0.5 0.5 0.1 0.1\n",
@@ -166,6 +170,7 @@ def _break(root: Path, how: str) -> tuple[list[str], str]:
         ("yolo class outside names", r"class 5 is outside the names list \(0-1\)"),
         ("yolo not numbers", r"expected 'class x_center y_center width height' numbers"),
         ("yolo negative size", r"negative width or height"),
+        ("yolo label not utf-8", r"line 1: byte 0xe9 is not valid UTF-8"),
     ],
 )
 def test_bad_input_names_the_file_and_entry_and_exits_2(tmp_path, runner, how, message):

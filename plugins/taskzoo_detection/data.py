@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from taskzoo import DataError, Finding
+from taskzoo.tables import read_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 YAML_NAMES = ("dataset.yaml", "data.yaml")
@@ -117,9 +118,7 @@ def _clip(x1: float, y1: float, x2: float, y2: float, width: int, height: int, w
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
 
@@ -233,8 +232,8 @@ def _load_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        return yaml.safe_load(read_text(path))
+    except yaml.YAMLError as error:
         raise DataError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
 
 
@@ -278,7 +277,7 @@ def _yolo_split(yaml_path: Path, root: Path, entry: Any, key: str) -> list[Path]
         if location.is_dir():
             images.extend(_image_files(location))
         elif location.is_file() and location.suffix == ".txt":
-            for number, line in enumerate(location.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(read_text(location).splitlines(), 1):
                 if line.strip():
                     image = Path(line.strip())
                     image = image if image.is_absolute() else root / image
@@ -305,7 +304,7 @@ def _read_yolo_labels(images: list[Path], names: list[str], root: Path, known: l
         if not label_file.is_file():
             missing += 1
         else:
-            for number, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(read_text(label_file, allow_empty=True).splitlines(), 1):
                 fields = line.split()
                 if not fields:
                     continue
@@ -350,7 +349,7 @@ def read_yolo(path: Path, *, role: str, known: list[str] | None = None) -> Detec
             if names_file is None or not (path / "images").is_dir():
                 raise DataError(f"{path}: expected a detection data set: a COCO .json, a YOLO dataset.yaml, or a "
                                 f"folder with images/, labels/ and {NAMES_FILES[0]}")
-            names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+            names = [line.strip() for line in read_text(names_file).splitlines() if line.strip()]
             return _read_yolo_labels(_image_files(path / "images"), names, path, known)
         path = found
     document = _load_yaml(path)
