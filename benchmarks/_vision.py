@@ -7,13 +7,15 @@ this module holds the rest, so both arms are prepared, timed and reported the sa
 - `prepare`: the task, its seeded split and a freshly built model, identical in both arms;
 - `fit_taskzoo`: the timed `Trainer.fit()`; `plain_optimizer`: the same AdamW and schedule by hand;
 - `compare`: one subprocess per arm and repeat, alternating order, medians, and the ratio of
-  training images/s (train images x epochs / wall seconds of the whole fit, evaluation included).
+  training images/s (train images x epochs / wall seconds of the whole fit, evaluation included);
+  `run` does that and prints the report, the whole ``main`` of a script after its arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -171,3 +173,18 @@ def print_report(summary: dict[str, Any], opts: argparse.Namespace, title: str, 
     for name in quality_names:
         print(f"{'final val ' + name:24}{t['final_' + name]:>12.4f}{p['final_' + name]:>12.4f}")
     print(f"images/s  taskzoo {t['images_per_second']:.2f}  plain {p['images_per_second']:.2f}  ratio {summary['ratio']:.2f}")
+
+
+def run(opts: argparse.Namespace, script: str, title: str, quality_names: list[str],
+        prepare_task: Callable[[argparse.Namespace], Any], quality: Callable[[Mapping[str, Any]], list[float]],
+        fit_plain: Callable[[argparse.Namespace], dict[str, Any]]) -> None:
+    """Run the arm named by ``--arm`` (in a child), or both arms and the report (in the parent)."""
+    summary = compare(opts, script, {
+        "taskzoo": lambda: fit_taskzoo(prepare_task(opts), opts, quality),
+        "plain": lambda: fit_plain(opts),
+    }, quality_names)
+    if summary is None:
+        return
+    print_report(summary, opts, title, quality_names)
+    if math.isnan(summary["ratio"]):
+        sys.exit(1)

@@ -15,8 +15,6 @@ included), the ratio taskzoo / plain, peak memory, and the final validation mAP 
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -71,15 +69,8 @@ def main() -> None:
     parser.add_argument("--images", default=str(SHAPES / "images" / "train"))
     _vision.add_common_arguments(parser, epochs=3, batch_size=4, image_size=320, lr=5e-4)
     opts = parser.parse_args()
-    summary = _vision.compare(opts, __file__, {
-        "taskzoo": lambda: _vision.fit_taskzoo(prepare(opts), opts, quality),
-        "plain": lambda: fit_plain(opts),
-    }, QUALITY)
-    if summary is None:
-        return
-    _vision.print_report(summary, opts, "detection: faster r-cnn + efficientnet_lite0 (offline ImageNet)", QUALITY)
-    if math.isnan(summary["ratio"]):
-        sys.exit(1)
+    _vision.run(opts, __file__, "detection: faster r-cnn + efficientnet_lite0 (offline ImageNet)", QUALITY,
+                prepare, quality, fit_plain)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ included), the ratio taskzoo / plain, peak memory, and the final validation mean
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -70,15 +68,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(_vision.ROOT / "examples" / "segmentation" / "coins"))
     _vision.add_common_arguments(parser, epochs=4, batch_size=8, image_size=128, lr=1e-3)
     opts = parser.parse_args()
-    summary = _vision.compare(opts, __file__, {
-        "taskzoo": lambda: _vision.fit_taskzoo(prepare(opts), opts, quality),
-        "plain": lambda: fit_plain(opts),
-    }, QUALITY)
-    if summary is None:
-        return
-    _vision.print_report(summary, opts, "segmentation: unet + efficientnet_lite0 (offline ImageNet)", QUALITY)
-    if math.isnan(summary["ratio"]):
-        sys.exit(1)
+    _vision.run(opts, __file__, "segmentation: unet + efficientnet_lite0 (offline ImageNet)", QUALITY,
+                prepare, quality, fit_plain)
 
 
 if __name__ == "__main__":
