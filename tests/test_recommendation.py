@@ -204,6 +204,41 @@ def test_gradient_fine_tuning_runs_through_the_shared_trainer(runner, tmp_path):
     assert (out / "training_curves.png").exists()
 
 
+def test_factor_model_ranks_unseen_items_by_score():
+    """The evaluation and predict path (numpy's BLAS on the CPU, seen items masked, torch.topk)
+    picks, in order, what ranking every unseen item by its float64 dot product picks; slots with
+    nothing left to recommend are -inf; unknown users (--popular-fallback) get the most popular."""
+    import scipy.sparse as sp
+    import torch
+
+    from taskzoo_recommendation.models import FactorModel
+    from taskzoo_recommendation.task import _EvalCollate
+
+    rng = np.random.default_rng(5)
+    users, items, k = 40, 300, 12
+    seen = sp.random(users, items, density=0.1, format="csr", random_state=5, dtype=np.float32).tolil()
+    seen[3, :] = 0.0
+    seen[3, : items - 5] = 1.0  # only 5 unseen items: k - 5 slots stay empty
+    seen = seen.tocsr()
+    user_factors, item_factors = rng.normal(size=(users, 16)), rng.normal(size=(items, 16))
+    model = FactorModel(users, items, 16)
+    model.set_factors(user_factors, item_factors, rng.permutation(items).astype(np.float32))
+    queries = np.array(list(range(users)) + [-1])  # -1: a user the model never saw
+    with torch.no_grad():
+        best = model(_EvalCollate(queries, seen, None, k)(list(range(len(queries)))))["output"]
+    assert best["ids"].shape == best["scores"].shape == (len(queries), k)
+    exact = user_factors.astype(np.float32).astype(np.float64) @ item_factors.astype(np.float32).astype(np.float64).T
+    for user in range(users):
+        scores = exact[user].copy()
+        scores[seen[user].indices] = -np.inf
+        expected = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
+        found = torch.isfinite(best["scores"][user])
+        assert best["ids"][user][found].tolist() == expected.tolist(), user
+        assert np.allclose(best["scores"][user][found].numpy(), scores[expected], atol=1e-4)
+    assert int((~torch.isfinite(best["scores"][3])).sum()) == k - 5
+    assert best["ids"][-1].tolist() == np.argsort(-model.popularity.numpy())[:k].tolist()
+
+
 def test_popularity_baseline_is_the_most_popular_unseen_items_of_each_user():
     """The baseline's shortcut (only the first k + most-seen popular items are candidates) picks
     exactly what masking every seen item and ranking all items by popularity picks."""
@@ -222,7 +257,7 @@ def test_popularity_baseline_is_the_most_popular_unseen_items_of_each_user():
     seen.data[:] = 1
     task = RecommendationTask.__new__(RecommendationTask)
     task._seen, task._fit_matrix = seen, None
-    batch = _EvalCollate(np.arange(users), seen, None)(list(range(users)))
+    batch = _EvalCollate(np.arange(users), seen, None, k)(list(range(users)))
     chosen = task._popular_unseen(batch, k, users)
     popularity = np.bincount(seen.indices, minlength=items).astype(np.float64)
     for user in range(users):

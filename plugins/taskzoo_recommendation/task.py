@@ -262,7 +262,7 @@ class RecommendationTask(Task):
             raise DataError(f"{pairs.path}: every interaction in it is already in the training data; nothing to predict")
         target_matrix = targets.matrix()
         users = np.unique(targets.users)
-        collate = _EvalCollate(users, seen, target_matrix)
+        collate = _EvalCollate(users, seen, target_matrix, self.k)
         size = max(1, min(batch_size, SCORE_BUDGET // max(1, pairs.n_items)))
         return DataLoader(_Indices(len(users)), batch_size=size, shuffle=False, collate_fn=collate)
 
@@ -278,30 +278,31 @@ class RecommendationTask(Task):
         if queries.kind == "items":
             items = torch.as_tensor(self.items.lookup(queries.ids))
             size = max(1, min(batch_size, SCORE_BUDGET // max(1, len(self.items))))
+            k = torch.tensor(self.k)
             return DataLoader(_Indices(len(items)), batch_size=size,
-                              collate_fn=lambda idx: {"query_items": items[idx], "index": torch.as_tensor(idx)})
+                              collate_fn=lambda idx: {"query_items": items[idx], "index": torch.as_tensor(idx), "top_k": k})
         users = self.users.lookup(queries.ids)
-        collate = _EvalCollate(users, self._seen, None)
+        collate = _EvalCollate(users, self._seen, None, self.k)
         size = max(1, min(batch_size, SCORE_BUDGET // max(1, len(self.items))))
         return DataLoader(_Indices(len(users)), batch_size=size, shuffle=False, collate_fn=collate)
 
-    def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
-        k = min(self.k, output.shape[1])
-        scores, ids = torch.topk(output.float(), k, dim=1)
-        scores, ids = scores.cpu().numpy(), ids.cpu().numpy()
-        results = []
-        evaluation = "target_rows" in batch
-        if evaluation:
-            popular = self._popular_unseen(batch, k, output.shape[0])
-        for row in range(len(ids)):
-            valid = np.isfinite(scores[row])
-            item = {"index": int(batch["index"][row]), "items": ids[row][valid].tolist()}
-            if evaluation:
-                item.update(popular=popular[row].tolist(), n_items=int(output.shape[1]))
-            else:
-                item["scores"] = scores[row][valid].tolist()
-            results.append(item)
-        return results
+    def predictions(self, batch: Mapping[str, torch.Tensor], output: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+        ids, scores = output["ids"].cpu().numpy(), output["scores"].cpu().numpy()
+        found = np.isfinite(scores)
+        # One tolist() per batch: per-row conversions cost more than the ranking itself at 100k users.
+        if found.all():
+            id_lists, score_lists = ids.tolist(), scores.tolist()
+        else:
+            id_lists = [row[keep].tolist() for row, keep in zip(ids, found)]
+            score_lists = [row[keep].tolist() for row, keep in zip(scores, found)]
+        indices = batch["index"].tolist()
+        if "target_rows" not in batch:
+            return [{"index": index, "items": items, "scores": values}
+                    for index, items, values in zip(indices, id_lists, score_lists)]
+        popular = self._popular_unseen(batch, ids.shape[1], len(indices)).tolist()
+        n_items = len(self.items)
+        return [{"index": index, "items": items, "popular": best, "n_items": n_items}
+                for index, items, best in zip(indices, id_lists, popular)]
 
     def _popular_unseen(self, batch: Mapping[str, torch.Tensor], k: int, users: int) -> np.ndarray:
         """The most-popular baseline's top k per user: the most popular items the user has not
@@ -327,8 +328,9 @@ class RecommendationTask(Task):
         count = len(batch["index"])
         # One pass over the batch's held-out items instead of one scan per user.
         order = np.argsort(rows, kind="stable")
-        bounds = np.cumsum(np.bincount(rows, minlength=count))[:-1]
-        return [part.tolist() for part in np.split(cols[order], bounds)]
+        ends = np.cumsum(np.bincount(rows, minlength=count)).tolist()
+        flat = cols[order].tolist()
+        return [flat[start:end] for start, end in zip([0] + ends[:-1], ends)]
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -429,8 +431,9 @@ class RecommendationTask(Task):
 class _EvalCollate:
     """Batches of users with the items to exclude (seen) and, for evaluation, the held-out items."""
 
-    def __init__(self, users: np.ndarray, seen: Any, targets: Any | None) -> None:
+    def __init__(self, users: np.ndarray, seen: Any, targets: Any | None, k: int) -> None:
         self.users, self.seen, self.targets = np.asarray(users, dtype=np.int64), seen, targets
+        self.k = torch.tensor(k)
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         users = self.users[indices]
@@ -444,6 +447,7 @@ class _EvalCollate:
             "seen_rows": torch.as_tensor(seen_rows[keep]),
             "seen_cols": torch.as_tensor(seen.indices[keep].astype(np.int64)),
             "seen_weights": torch.as_tensor(seen.data[keep].astype(np.float32)),
+            "top_k": self.k,
         }
         if self.targets is not None:
             target = self.targets[users]
