@@ -204,10 +204,12 @@ def test_gradient_fine_tuning_runs_through_the_shared_trainer(runner, tmp_path):
     assert (out / "training_curves.png").exists()
 
 
-def test_factor_model_ranks_unseen_items_by_score():
-    """The evaluation and predict path (numpy's BLAS on the CPU, seen items masked, torch.topk)
-    picks, in order, what ranking every unseen item by its float64 dot product picks; slots with
-    nothing left to recommend are -inf; unknown users (--popular-fallback) get the most popular."""
+@pytest.mark.parametrize("threads", [1, 3])
+def test_factor_model_ranks_unseen_items_by_score(threads):
+    """The evaluation and predict path (numpy's BLAS on the CPU, seen items masked, torch.topk,
+    in one slice of users per thread) picks, in order, what ranking every unseen item by its
+    float64 dot product picks; slots with nothing left to recommend are -inf; unknown users
+    (--popular-fallback) get the most popular."""
     import scipy.sparse as sp
     import torch
 
@@ -215,14 +217,16 @@ def test_factor_model_ranks_unseen_items_by_score():
     from taskzoo_recommendation.task import _EvalCollate
 
     rng = np.random.default_rng(5)
-    users, items, k = 40, 300, 12
+    users, items, k = 400, 300, 12
     seen = sp.random(users, items, density=0.1, format="csr", random_state=5, dtype=np.float32).tolil()
     seen[3, :] = 0.0
     seen[3, : items - 5] = 1.0  # only 5 unseen items: k - 5 slots stay empty
+    seen[250, :] = 0.0  # a user in the last slice who has seen nothing
     seen = seen.tocsr()
     user_factors, item_factors = rng.normal(size=(users, 16)), rng.normal(size=(items, 16))
     model = FactorModel(users, items, 16)
     model.set_factors(user_factors, item_factors, rng.permutation(items).astype(np.float32))
+    model.threads = threads
     queries = np.array(list(range(users)) + [-1])  # -1: a user the model never saw
     with torch.no_grad():
         best = model(_EvalCollate(queries, seen, None, k)(list(range(len(queries)))))["output"]

@@ -56,10 +56,13 @@ def ranking(predictions: Sequence[dict[str, Any]], references: Sequence[Sequence
         raise ValueError("no users to evaluate")
     n_items = int(predictions[0]["n_items"])
     k = len(predictions[0][key])
-    ids = np.full((len(predictions), k), -1, dtype=np.int32)
-    for row, prediction in enumerate(predictions):
-        found = prediction[key]
-        ids[row, : len(found)] = found
+    lists = [prediction[key] for prediction in predictions]
+    if all(len(found) == k for found in lists):
+        ids = np.array(lists, dtype=np.int32).reshape(len(lists), k)
+    else:  # some users had fewer than k items left to recommend: -1 pads, as implicit pads
+        ids = np.full((len(lists), k), -1, dtype=np.int32)
+        for row, found in enumerate(lists):
+            ids[row, : len(found)] = found
     lengths = [len(r) for r in references]
     rows = np.repeat(np.arange(len(references)), lengths)
     columns = np.fromiter((i for r in references for i in r), dtype=np.int64, count=sum(lengths))

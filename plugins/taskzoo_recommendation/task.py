@@ -208,7 +208,9 @@ class RecommendationTask(Task):
             self.hyper = hyperparameters(self.kind, self.options)
         self.backbone = backbone.name
         if self.kind in FACTOR_KINDS:
-            return FactorModel(len(self.users), len(self.items), int(self.hyper["factors"]))
+            model = FactorModel(len(self.users), len(self.items), int(self.hyper["factors"]))
+            model.threads = self.threads
+            return model
         return NeighbourModel(len(self.items))
 
     def fit_before_training(self, model: torch.nn.Module, train_data: Any) -> bool:
@@ -289,14 +291,16 @@ class RecommendationTask(Task):
     def predictions(self, batch: Mapping[str, torch.Tensor], output: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
         ids, scores = output["ids"].cpu().numpy(), output["scores"].cpu().numpy()
         found = np.isfinite(scores)
+        indices = batch["index"].tolist()
+        evaluation = "target_rows" in batch
         # One tolist() per batch: per-row conversions cost more than the ranking itself at 100k users.
         if found.all():
-            id_lists, score_lists = ids.tolist(), scores.tolist()
+            id_lists = ids.tolist()
+            score_lists = None if evaluation else scores.tolist()
         else:
             id_lists = [row[keep].tolist() for row, keep in zip(ids, found)]
-            score_lists = [row[keep].tolist() for row, keep in zip(scores, found)]
-        indices = batch["index"].tolist()
-        if "target_rows" not in batch:
+            score_lists = None if evaluation else [row[keep].tolist() for row, keep in zip(scores, found)]
+        if not evaluation:
             return [{"index": index, "items": items, "scores": values}
                     for index, items, values in zip(indices, id_lists, score_lists)]
         popular = self._popular_unseen(batch, ids.shape[1], len(indices)).tolist()
@@ -363,6 +367,7 @@ class RecommendationTask(Task):
             with np.load(folder / FACTORS, allow_pickle=False) as stored:
                 model = FactorModel(len(self.users), len(self.items), stored["user_factors"].shape[1])
                 model.set_factors(stored["user_factors"], stored["item_factors"], stored["popularity"])
+            model.threads = self.threads
             return model
         model = NeighbourModel(len(self.items))
         model.similarity = _load_csr(folder / NEIGHBOURS)
