@@ -45,6 +45,18 @@ def test_duplicates_are_summed_and_headerless_files_read_by_position(tmp_path):
     assert pairs.weights[first] == 8 and pairs.times[first] == 200
 
 
+@pytest.mark.parametrize("name, text", [
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,5,100\n1,11,3,200\n2,11,1,50\n"),  # MovieLens latest
+    ("u.data", "1\t10\t5\t100\n1\t11\t3\t200\n2\t11\t1\t50\n"),  # MovieLens 100k
+    ("ratings.dat", "1::10::5::100\n1::11::3::200\n2::11::1::50\n"),  # MovieLens 1M / 10M
+])
+def test_movielens_layouts_read_the_same_interactions(tmp_path, name, text):
+    data = read_interactions(write(tmp_path / name, text))
+    assert data.headerless == (name != "ratings.csv")
+    assert len(data) == 3 and list(data.user_ids) == ["1", "2"] and list(data.item_ids) == ["10", "11"]
+    assert data.weights.tolist() == [5, 3, 1] and data.times is not None
+
+
 def _random_pairs(tmp_path: Path, with_time: bool):
     rng = np.random.default_rng(0)
     rows = [(f"u{rng.integers(60)}", f"i{rng.integers(80)}", int(rng.integers(1, 10**6))) for _ in range(1500)]

@@ -180,7 +180,7 @@ def read_frame(path: Path, id_columns: Sequence[str | None] = ()) -> tuple[Any, 
     first_line = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     separator = _separator(path, first_line)
     if separator == "::":
-        text, separator = text.replace("::", "\t"), "\t"
+        text, first_line, separator = text.replace("::", "\t"), first_line.replace("::", "\t"), "\t"
     cells = [c.strip().strip('"') for c in (first_line.split() if separator == r"\s+" else first_line.split(separator))]
     headerless = bool(cells) and all(is_number(c) for c in cells if c)
     # Ids are text ('007' is not '7'); other columns are parsed as numbers by the C parser (fast),
