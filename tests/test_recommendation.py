@@ -216,6 +216,24 @@ def test_gradient_fine_tuning_runs_through_the_shared_trainer(runner, tmp_path):
     assert (out / "training_curves.png").exists()
 
 
+@pytest.mark.parametrize("backbone", ["als", "knn-bm25"])
+def test_fitting_follows_implicits_blas_advice_so_users_see_no_implicit_warnings(runner, tmp_path, monkeypatch,
+                                                                                 backbone):
+    """implicit warns (once per process) when BLAS may use several threads while it fits, and
+    BM25 warns about a COO matrix it builds itself; neither is the user's doing."""
+    import warnings
+
+    import implicit.utils
+
+    monkeypatch.setattr(implicit.utils, "_checked_blas_config", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(runner, "run", "recommendation", "--data", str(EXAMPLE / "interactions.csv"), "--backbone", backbone,
+             "--output", str(tmp_path / backbone))
+    from_implicit = [str(w.message) for w in caught if "implicit" in w.filename]
+    assert not from_implicit, from_implicit
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_factor_model_ranks_unseen_items_by_score(threads):
     """The evaluation and predict path (numpy's BLAS on the CPU, seen items masked, torch.topk,

@@ -5,12 +5,14 @@ metrics beside a most-popular baseline, and updated with new interactions by ``-
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
@@ -222,12 +224,25 @@ class RecommendationTask(Task):
         fitted = self._with_init_seen(matrix)
         self._fit_matrix = fitted
         seed = torch.initial_seed() % 2**31  # the run's --seed: the trainer has just called set_seed
+        # implicit's advice (and its warning otherwise): its own threads, each with one BLAS thread.
+        # Importing its models first loads the BLAS they use (scipy's), so the limit reaches it.
+        import implicit.cpu.als  # noqa: F401
+        import implicit.nearest_neighbours  # noqa: F401
+
+        with threadpool_limits(1, user_api="blas"):
+            self._fit_implicit(model, pairs, fitted, seed)
+        return True
+
+    def _fit_implicit(self, model: torch.nn.Module, pairs: Pairs, fitted: Any, seed: int) -> None:
         if isinstance(model, NeighbourModel):
             recommender = make_implicit(self.kind, self.hyper, seed=seed, threads=self.threads)
-            recommender.fit(fitted, show_progress=True)
+            with warnings.catch_warnings():
+                # BM25Recommender hands its own COO-weighted matrix on and warns about it; the user's was CSR.
+                warnings.filterwarnings("ignore", message="Method expects CSR input")
+                recommender.fit(fitted, show_progress=True)
             model.similarity = recommender.similarity.tocsr()
             model.popularity = torch.as_tensor(_popularity(fitted), device=model.popularity.device)
-            return True
+            return
         if self._init is not None:
             users = np.unique(pairs.users).astype(np.int32)
             items = np.unique(pairs.items).astype(np.int32)
@@ -238,7 +253,6 @@ class RecommendationTask(Task):
             recommender.fit(fitted, show_progress=True)
             user_factors, item_factors = factors_of(recommender)
         model.set_factors(user_factors, item_factors, _popularity(fitted))
-        return True
 
     @property
     def labels_of_model(self) -> list[str]:
