@@ -145,6 +145,7 @@ def test_als_beats_the_popularity_baseline_and_keeps_a_safe_run_folder(als_run):
     assert json.loads((als_run / "run.json").read_text())["status"] == "complete"
     for name in ("ranking_metrics.png", "ranking_metrics.md", "README.md", "model/users.json", "model/items.json"):
         assert (als_run / name).exists(), name
+    assert "- validation data: each user's latest item (leave-last-out by timestamp)" in (als_run / "README.md").read_text()
     for name in ("factors.npz", "seen.npz"):  # plain arrays: loading must not need pickle
         with np.load(als_run / "model" / name, allow_pickle=False) as stored:
             assert all(stored[key].dtype != object for key in stored.files)

@@ -41,7 +41,9 @@ def test_run_folder_is_complete(trained):
     losses = [h["train_loss"] for h in summary["history"]]
     assert losses[-1] < losses[0]
     assert summary["val"]["accuracy"] == summary["best"]
-    assert "| accuracy |" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "| accuracy |" in card
+    assert "stratified by label (seed 42)" in card.split("- validation data:")[1].splitlines()[0]
 
 
 def test_fine_tuned_accuracy_on_held_out_reviews_is_far_above_majority(trained, runner):

@@ -46,6 +46,10 @@ def test_run_leaves_a_complete_run_folder(runner, toy, tmp_path):
     # Task defaults apply (toy: lr 0.1, batch 8) under the flags given.
     assert (config["lr"], config["batch_size"], config["epochs"]) == (0.1, 8, 3)
     assert config["resolved"]["labels"] == ["left", "right"]
+    # The toy task keeps Task's default description of its split; the model card repeats it.
+    validation = f"a random {config['val_fraction']:.0%} of the training data (seed {config['seed']})"
+    assert config["resolved"]["validation"] == validation
+    assert f"- validation data: {validation}" in (out / "README.md").read_text()
 
 
 def test_config_file_then_flags_override(runner, toy, tmp_path):

@@ -429,6 +429,8 @@ def _train(host: Any, spec: TaskSpec, values: dict[str, Any], resume: Path | Non
             "labels": list(labels),
             "train_examples": task.size(train),
             "val_examples": task.size(val),
+            "validation": str(values["val"]) if values["val"] else task.describe_split(
+                val_fraction=values["val_fraction"], seed=values["seed"]),
             "processes": accelerator.num_processes,
         },
     }

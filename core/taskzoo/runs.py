@@ -84,6 +84,12 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def _validation_text(config: Mapping[str, Any]) -> str:
+    if config.get("val"):
+        return f"`{config['val']}`"
+    return config.get("resolved", {}).get("validation") or "held out from the training data"
+
+
 def write_model_card(folder: Path, config: Mapping[str, Any], summary: Mapping[str, Any], usage: str) -> None:
     """A short README.md: what was trained on what, how well, and how to use it."""
     val = summary.get("val", {})
@@ -98,7 +104,7 @@ def write_model_card(folder: Path, config: Mapping[str, Any], summary: Mapping[s
         f"licence {backbone.get('licence')}).",
         "",
         f"- training data: `{config.get('data')}`",
-        f"- validation data: `{config.get('val') or 'a stratified split of the training data'}`",
+        f"- validation data: {_validation_text(config)}",
         f"- epochs run: {summary.get('epochs_run')}, best epoch: {summary.get('best_epoch')} "
         f"(chosen on {summary.get('main_metric')})",
         f"- seed: {config.get('seed')}",

@@ -51,6 +51,11 @@ class Task:
         """Split training data into train and validation parts (stratified where it makes sense)."""
         raise NotImplementedError
 
+    def describe_split(self, *, val_fraction: float, seed: int) -> str:
+        """How the last `split` chose the validation part, in words, for the run's config and
+        model card. Override it when the split is not a plain random share of the examples."""
+        return f"a random {val_fraction:.0%} of the training data (seed {seed})"
+
     def labels(self, data: Any) -> list[str]:
         """The label names found in training data, in the order that fixes their ids."""
         raise NotImplementedError
@@ -83,8 +88,9 @@ class Task:
         """Batches for the model; shuffled (and seeded) when ``train``."""
         raise NotImplementedError
 
-    def predictions(self, batch: Mapping[str, Any], output: torch.Tensor) -> list[Any]:
-        """One JSON-able prediction per example in ``batch``; what metrics and outputs receive."""
+    def predictions(self, batch: Mapping[str, Any], output: Any) -> list[Any]:
+        """One JSON-able prediction per example in ``batch``, from the model's ``output`` (usually
+        a tensor; whatever ``forward`` returned under "output"); what metrics and outputs receive."""
         raise NotImplementedError
 
     def references(self, batch: Mapping[str, Any]) -> list[Any]:

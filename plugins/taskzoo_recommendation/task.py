@@ -167,7 +167,14 @@ class RecommendationTask(Task):
             raise DataError(f"{data.path}: no user has two or more distinct items, so nothing can be held out for "
                             "validation; give a validation file with --val")
         self._seen = self._with_init_seen(pairs.matrix())
+        self._split_by_time = pairs.times is not None
         return pairs.subset(~held, "train"), pairs.subset(held, "val")
+
+    def describe_split(self, *, val_fraction: float, seed: int) -> str:
+        if getattr(self, "_split_by_time", False):
+            return "each user's latest item (leave-last-out by timestamp); users with one item are not held out"
+        return (f"a random {val_fraction:.0%} of each user's items, at least one (seed {seed}); users with one item "
+                "are not held out")
 
     def _with_init_seen(self, matrix: Any) -> Any:
         if self._init is None:

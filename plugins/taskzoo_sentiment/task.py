@@ -45,6 +45,9 @@ class SentimentTask(Task):
     def labels(self, data: TextData) -> list[str]:
         return sort_labels(set(data.labels or []))
 
+    def describe_split(self, *, val_fraction: float, seed: int) -> str:
+        return f"a random {val_fraction:.0%} of the training data, stratified by label (seed {seed})"
+
     def split(self, data: TextData, *, val_fraction: float, seed: int) -> tuple[TextData, TextData]:
         train, val = stratified_split(data.labels or [], val_fraction, seed)
         if not val:
