@@ -149,5 +149,6 @@ class TestExamplePluginConformance(TaskConformance):
     task = "imageclass"
 
     @pytest.fixture(scope="class")
-    def taskzoo_host(self, plugin_entry_points) -> PluginHost:
+    @classmethod
+    def taskzoo_host(cls, plugin_entry_points) -> PluginHost:
         return PluginHost(entry_points=plugin_entry_points)

@@ -16,7 +16,8 @@ through the CLI; and it refuses bad input (the sample's ``bad`` files, a missing
 file, an empty folder) with one ``error:`` line naming the input and exit code 2.
 
 Override the ``taskzoo_host`` fixture to check a plugin that is not installed (register it with
-``PluginHost(entry_points=...)`` or ``PluginHost(plugins=[(name, module)])``). This module needs
+``PluginHost(entry_points=...)`` or ``PluginHost(plugins=[(name, module)])``); like the kit's
+other class-scoped fixtures, write it as a ``@classmethod`` under ``@pytest.fixture``. This module needs
 pytest; torch is imported only by the checks that train.
 """
 
@@ -121,12 +122,14 @@ class TaskConformance:
     # -- fixtures ------------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
-    def taskzoo_host(self) -> PluginHost:
+    @classmethod
+    def taskzoo_host(cls) -> PluginHost:
         """The plugins as ``tasks`` would load them; override to register a plugin yourself."""
         return PluginHost()
 
     @pytest.fixture(scope="class")
-    def spec(self, taskzoo_host: PluginHost, task_name: str | None) -> TaskSpec:
+    @classmethod
+    def spec(cls, taskzoo_host: PluginHost, task_name: str | None) -> TaskSpec:
         if task_name is None:
             pytest.fail(f"{type(self).__name__}: set 'task' to the name(s) of the task(s) to check", pytrace=False)
         tasks = taskzoo_host.tasks()
@@ -137,11 +140,13 @@ class TaskConformance:
         return tasks[task_name]
 
     @pytest.fixture(scope="class")
-    def plugin_info(self, taskzoo_host: PluginHost, spec: TaskSpec) -> PluginInfo:
+    @classmethod
+    def plugin_info(cls, taskzoo_host: PluginHost, spec: TaskSpec) -> PluginInfo:
         return {info.name: info for info in taskzoo_host.plugins()}[spec.plugin]
 
     @pytest.fixture(scope="class")
-    def sample(self, spec: TaskSpec) -> SampleData:
+    @classmethod
+    def sample(cls, spec: TaskSpec) -> SampleData:
         if spec.sample is None:
             pytest.fail(
                 f"task '{spec.name}' (plugin '{spec.plugin}') declares no sample data, so it cannot be trained "
@@ -151,7 +156,8 @@ class TaskConformance:
         return spec.sample
 
     @pytest.fixture(scope="class")
-    def sample_paths(self, sample: SampleData) -> dict[str, Path]:
+    @classmethod
+    def sample_paths(cls, sample: SampleData) -> dict[str, Path]:
         locations = {"train": sample.train, "test": sample.test or sample.train, "predict": sample.predict or sample.train}
         locations.update({f"bad {i + 1}": bad for i, bad in enumerate(sample.bad)})
         paths = {role: sample.path(location) for role, location in locations.items()}
@@ -162,14 +168,16 @@ class TaskConformance:
         return paths
 
     @pytest.fixture(scope="class")
-    def offline(self) -> Iterator[None]:
+    @classmethod
+    def offline(cls) -> Iterator[None]:
         """Nothing may come from the hub: the default backbone must ship with the plugin."""
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("HF_HUB_OFFLINE", "1")
             yield
 
     @pytest.fixture(scope="class")
-    def trained_run(self, taskzoo_host: PluginHost, spec: TaskSpec, sample: SampleData,
+    @classmethod
+    def trained_run(cls, taskzoo_host: PluginHost, spec: TaskSpec, sample: SampleData,
                     sample_paths: dict[str, Path], offline: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_dir = tmp_path_factory.mktemp(f"conformance-{spec.name}") / "run"
         result = invoke(taskzoo_host, ["run", spec.name, "--data", sample_paths["train"], "--output", run_dir,
@@ -178,7 +186,8 @@ class TaskConformance:
         return run_dir
 
     @pytest.fixture(scope="class")
-    def run_config(self, trained_run: Path) -> dict[str, Any]:
+    @classmethod
+    def run_config(cls, trained_run: Path) -> dict[str, Any]:
         import yaml
 
         return yaml.safe_load((trained_run / "config.yaml").read_text(encoding="utf-8"))
