@@ -152,6 +152,14 @@ def test_als_beats_the_popularity_baseline_and_keeps_a_safe_run_folder(als_run):
 
 
 @pytest.mark.slow
+def test_evaluate_counts_interactions_and_scores_beside_the_baseline(als_run, runner, tmp_path):
+    output = _run(runner, "evaluate", "--model", str(als_run), "--data", str(EXAMPLE / "holdout.csv"), "--k", "10")
+    assert "holdout.csv: " in output and " interactions" in output.split("holdout.csv: ")[1].splitlines()[0]
+    saved = json.loads((als_run / "eval-holdout" / "metrics.json").read_text())
+    assert saved["ndcg_at_k"] > saved["popular_ndcg_at_k"] and saved["evaluated_users"] > 0
+
+
+@pytest.mark.slow
 def test_predict_writes_ranked_unseen_items_and_refuses_unknown_users(als_run, runner, tmp_path):
     recs = tmp_path / "recs.csv"
     _run(runner, "predict", "--model", str(als_run), "--data", str(EXAMPLE / "users.txt"), "--output", str(recs), "--k", "7")

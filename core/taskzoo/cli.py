@@ -525,7 +525,7 @@ def evaluate(ctx: click.Context, model_dir: Path, data: Path, batch_size: int, d
         _echo_json(metrics)
         return
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    click.echo(f"{data}: {task.size(test)} examples")
+    click.echo(f"{data}: {task.size(test)} {task.size_unit}")
     click.echo(_table([[k, f"{v:.4f}"] for k, v in scalars.items()], ["METRIC", "VALUE"]))
     for picture in pictures:
         click.echo(f"wrote {picture}")

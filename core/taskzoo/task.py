@@ -24,6 +24,9 @@ class Task:
     """Base class for a task: reading data, building and saving the model, turning outputs into
     predictions. Raise `taskzoo.DataError` for anything wrong with the user's files."""
 
+    #: What `size` counts, in messages such as ``tasks evaluate``'s "data.csv: 120 examples".
+    size_unit = "examples"
+
     def __init__(self, spec: TaskSpec, options: Mapping[str, Any]) -> None:
         self.spec = spec
         self.options = dict(options)

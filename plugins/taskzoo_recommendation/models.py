@@ -14,7 +14,6 @@ a slot with nothing left to recommend has score -inf.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,7 +55,8 @@ def _thread_pool(threads: int) -> Any:
 def _cpu_top_k(user_vectors: torch.Tensor, item_factors: torch.Tensor, k: int, batch: Mapping[str, torch.Tensor],
                threads: int) -> dict[str, torch.Tensor]:
     """`top_k` of the masked scores on the CPU, the way implicit's own ``recommend`` works: the
-    users are cut into one slice per thread (0: every core), and each slice is scored through
+    users are cut into one slice per thread (0: as many as torch uses, which ``accelerate launch``
+    divides between processes), and each slice is scored through
     numpy's BLAS (one BLAS thread each) and reduced to its top k in parallel, since neither a
     multithreaded matmul nor ``torch.topk`` keeps the cores busy on a tall, thin product like this.
     numpy's BLAS also gives implicit's exact numbers and on this AMD EPYC machine is about twice as
@@ -66,7 +66,7 @@ def _cpu_top_k(user_vectors: torch.Tensor, item_factors: torch.Tensor, k: int, b
     vectors = user_vectors.detach().float().numpy()
     items = item_factors.detach().float().numpy()
     seen_rows, seen_cols = batch["seen_rows"].numpy(), batch["seen_cols"].numpy()  # rows ascending
-    slices = max(1, min(threads or os.cpu_count() or 1, len(vectors) // 64))
+    slices = max(1, min(threads or torch.get_num_threads(), len(vectors) // 64))
     bounds = np.linspace(0, len(vectors), slices + 1).astype(np.int64)
     starts = np.searchsorted(seen_rows, bounds)
 
@@ -92,7 +92,7 @@ class FactorModel(torch.nn.Module):
         self.item_factors = torch.nn.Parameter(torch.zeros(n_items, factors))
         # Distinct users per item in the fitted data: the most-popular baseline and fallback.
         self.register_buffer("popularity", torch.zeros(n_items))
-        self.threads = 0  # CPU threads for scoring (the task's --threads; 0: all cores)
+        self.threads = 0  # CPU threads for scoring (the task's --threads; 0: torch's thread count)
 
     def set_factors(self, user_factors: np.ndarray, item_factors: np.ndarray, popularity: np.ndarray) -> None:
         with torch.no_grad():

@@ -64,6 +64,7 @@ class _Indices(torch.utils.data.Dataset):
 
 
 class RecommendationTask(Task):
+    size_unit = "interactions"
     users: IdMap | None = None
     items: IdMap | None = None
     kind: str = "als"
