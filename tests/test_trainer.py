@@ -82,6 +82,35 @@ def test_early_stopping_and_best_epoch(runner, toy, tmp_path, monkeypatch):
     assert summary["epochs_run"] == 3 and summary["stopped_early"] and summary["best_epoch"] == 1
 
 
+def test_what_the_task_keeps_from_evaluating_comes_from_the_best_model(runner, toy, tmp_path, monkeypatch):
+    """Pictures of predictions (Task.report) are drawn from what the task saw in its last
+    evaluation; after the last epoch that must be the best model, the one saved in model/."""
+    from toy_plugin import ToyTask
+
+    evaluations: list[list[float]] = []
+    original = ToyTask.predictions
+
+    def recording(self, batch, output):
+        if not evaluations or len(evaluations[-1]) >= 40:
+            evaluations.append([])
+        evaluations[-1].extend(output[:, 0].tolist())
+        return original(self, batch, output)
+
+    monkeypatch.setattr(ToyTask, "predictions", recording)
+    val = toy_points(tmp_path / "val.csv", n=40, seed=1)
+    out = tmp_path / "run"
+    result = run(runner, "--data", toy, "--val", val, "--output", out, "--epochs", 3, "--lr", 2.0, "--batch-size", 8, "--warmup-ratio", 0)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "metrics.json").read_text())
+    # Separable points: accuracy peaks at once and never rises above it, while the weights move on.
+    assert summary["best_epoch"] < summary["epochs_run"] == 3, summary["history"]
+    after_training = evaluations[-1]
+    assert len(evaluations) == 4 and after_training != evaluations[2]  # not the last epoch's model
+    assert after_training == pytest.approx(evaluations[summary["best_epoch"] - 1], abs=1e-5)
+    assert runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(val)]).exit_code == 0
+    assert evaluations[-1] == pytest.approx(after_training, abs=1e-5)  # the saved model gives the same outputs
+
+
 def test_crashed_run_is_marked_failed_and_resumes(runner, toy, tmp_path, monkeypatch):
     from taskzoo import trainer as trainer_module
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast, broadcast_object_list, set_seed
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
@@ -273,14 +273,27 @@ class Trainer:
         self.state = state
 
     def save_best_model(self) -> None:
-        """Load the best epoch's weights into the model and save it the task's way into ``model/``."""
-        self.accelerator.wait_for_everyone()
+        """Load the best epoch's weights into the model on every process and save it the task's way
+        into ``model/``. When later epochs ran after the best one, evaluate it once more, so what
+        the task keeps from evaluating (the pictures of predictions its `Task.report` draws) shows
+        the saved model rather than the last epoch's."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
         best = self.run_dir / CHECKPOINT / BEST_WEIGHTS
-        if self.accelerator.is_main_process and best.exists():
-            model = self.accelerator.unwrap_model(self.model)
+        found = [accelerator.is_main_process and best.exists()]
+        broadcast_object_list(found)
+        if not found[0]:
+            return
+        model = accelerator.unwrap_model(self.model)
+        if accelerator.is_main_process:
             load_model(model, str(best))
             self.task.save(model, self.run_dir / "model")
-        self.accelerator.wait_for_everyone()
+        if accelerator.num_processes > 1:  # the file may be on the main node only
+            for tensor in model.state_dict().values():
+                broadcast(tensor)
+        if self.state["best_epoch"] != self.state["epoch"]:
+            evaluate(accelerator, self.model, self.val_loader, self.task, self.metrics, self.context)
+        accelerator.wait_for_everyone()
 
     # -- the loop --------------------------------------------------------------------------------
 
