@@ -76,3 +76,18 @@ def test_backbone_resolution(tmp_path):
     assert resolve_backbone(host, "sentiment", "someone/some-model").source == "hub"
     with pytest.raises(UserError, match="no such folder"):
         resolve_backbone(host, "sentiment", "./missing/folder")
+
+
+def test_hub_probe_gives_up_on_a_hanging_name_lookup(monkeypatch):
+    """A socket timeout does not cover DNS; a resolver that hangs must still cost only the timeout."""
+    import socket
+    import time
+
+    from taskzoo.backbones import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(30))
+    start = time.perf_counter()
+    assert hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - start < 2.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -85,16 +86,28 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check of the hub endpoint, so a missing network costs seconds, not minutes."""
+    """A quick TCP check of the hub endpoint, so a missing network costs seconds, not minutes.
+
+    The check runs in a daemon thread and is given up after ``timeout`` seconds in all: a socket
+    timeout covers the connection but not the name lookup, which a broken resolver can hang.
+    """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+                answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, name="taskzoo-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered) and answered[0]
 
 
 def load_from_hub(host: PluginHost, backbone: BackboneSpec, load: Callable[..., T]) -> T:
