@@ -144,13 +144,28 @@ def test_only_the_first_sub_token_of_each_word_carries_its_label(task, tmp_path)
     assert item["labels"][0] == -100 and item["labels"][2] == -100
 
 
-def test_long_sentences_become_windows_covering_every_word_once(task, tmp_path):
+@pytest.mark.parametrize("max_length", [12, 34])
+def test_long_sentences_become_windows_covering_every_word_once(task, tmp_path, max_length):
+    """Each word is predicted (and trained on) in exactly one window, and windows after a cut see
+    the words before it as context, which carry no label."""
+    from taskzoo_ner.task import IGNORED
+
+    task.tokenizer.model_max_length = max_length
     words = ["Aspirin B-DRUG" if i % 5 == 0 else "and O" for i in range(40)]
     data = read_ner(write(tmp_path, "long.conll", "\n".join(words) + "\n"), role="train")
     items = task.windows(data)
-    assert len(items) > 1 and all(len(item["input_ids"]) <= 12 for item in items)
+    assert len(items) > 1 and all(len(item["input_ids"]) <= max_length for item in items)
     covered = [w for item in items for w in item["word_index"] if w >= 0]
     assert covered == list(range(40))
+    for item in items:
+        predicted = [position for position, word in enumerate(item["word_index"]) if word >= 0]
+        assert item["word_index"][predicted[0]] == item["start"]
+        assert all((label != IGNORED) == (word >= 0) for label, word in zip(item["labels"], item["word_index"]))
+    for item in items[1:]:  # context before the core: real tokens between [CLS] and the first core word
+        first_core_token = next(position for position, word in enumerate(item["word_index"]) if word >= 0)
+        assert first_core_token > 1
+    if max_length == 34:  # a context of 4 sub-words also fits 'Aspirin' after a core (1 does not)
+        assert all(item["word_index"][-2] < 0 for item in items[:-1])
 
 
 def test_decoded_spans_index_back_into_raw_text(task):

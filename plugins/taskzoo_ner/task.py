@@ -2,7 +2,8 @@
 
 Words are split into sub-word tokens; only each word's first sub-token carries its tag (the rest
 are ignored by the loss and by predictions). A sentence longer than the backbone's window is cut
-at word boundaries into several windows, each word in exactly one, and stitched back afterwards.
+at word boundaries into several windows, each word predicted in exactly one (with some of its
+neighbours on either side as context), and stitched back afterwards.
 """
 
 from __future__ import annotations
@@ -98,36 +99,58 @@ class NerTask(Task):
         return self._labels
 
     def windows(self, data: NerData) -> list[dict[str, Any]]:
-        """Encoded windows: sub-word ids, the word each first sub-token starts, and its label."""
+        """Encoded windows: sub-word ids, the word each first sub-token starts, and its label.
+
+        A sentence longer than the window is cut at word boundaries into cores that cover each
+        word exactly once; each core is shown with up to an eighth of the window of neighbouring
+        words on either side, so a word next to a cut is tagged knowing what is around it (an
+        entity across the cut continues with I- instead of being split in two). Only core words
+        are predicted, scored and trained on: the context words have ``word_index`` -1 and no label.
+        """
         limit = self.tokenizer.model_max_length - self.tokenizer.num_special_tokens_to_add()
+        context = limit // 8
         counts = self.tokenizer([s.tokens for s in data.sentences], is_split_into_words=True, add_special_tokens=False)
-        spans: list[tuple[int, int, int]] = []  # (sentence, first word, end word)
+        spans: list[tuple[int, int, int, int, int]] = []  # (sentence, window first, window end, core first, core end)
         for index, sentence in enumerate(data.sentences):
             per_word = [0] * len(sentence.tokens)
             for word in counts.word_ids(index):
                 if word is not None:
                     per_word[word] += 1
-            start, used = 0, 0
+            if sum(per_word) <= limit:
+                spans.append((index, 0, len(per_word), 0, len(per_word)))
+                continue
+            cores, start, used = [], 0, 0
             for word, count in enumerate(per_word):
-                if used and used + count > limit:
-                    spans.append((index, start, word))
+                if used and used + count > limit - 2 * context:
+                    cores.append((start, word))
                     start, used = word, 0
                 used += count
-            spans.append((index, start, len(per_word)))
+            cores.append((start, len(per_word)))
+            for first, end in cores:
+                window_first, extra = first, 0
+                while window_first > 0 and extra + per_word[window_first - 1] <= context:
+                    window_first -= 1
+                    extra += per_word[window_first]
+                window_end, extra = end, 0
+                while window_end < len(per_word) and extra + per_word[window_end] <= context:
+                    extra += per_word[window_end]
+                    window_end += 1
+                spans.append((index, window_first, window_end, first, end))
         label_ids = {label: i for i, label in enumerate(self.labels_of_model)}
         encoded = self.tokenizer(
-            [data.sentences[i].tokens[a:b] for i, a, b in spans], is_split_into_words=True, truncation=True,
+            [data.sentences[i].tokens[a:b] for i, a, b, _, _ in spans], is_split_into_words=True, truncation=True,
             max_length=self.tokenizer.model_max_length,
         )
         items = []
-        for row, (sentence_index, first, _) in enumerate(spans):
+        for row, (sentence_index, window_first, _, first, end) in enumerate(spans):
             sentence = data.sentences[sentence_index]
             word_index, labels, previous = [], [], None
             for word in encoded.word_ids(row):
-                starts = word is not None and word != previous
-                word_index.append(first + word if starts else -1)
+                position = None if word is None else window_first + word
+                predicted = position is not None and word != previous and first <= position < end
+                word_index.append(position if predicted else -1)
                 if sentence.tags is not None:
-                    labels.append(label_ids[sentence.tags[first + word]] if starts else IGNORED)
+                    labels.append(label_ids[sentence.tags[position]] if predicted else IGNORED)
                 previous = word
             item = {key: encoded[key][row] for key in TOKEN_FIELDS if key in encoded}
             item.update(word_index=word_index, sentence=sentence_index, start=first)
