@@ -87,7 +87,11 @@ def test_hub_probe_gives_up_on_a_hanging_name_lookup(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(30))
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(3)
+        raise socket.gaierror("lookup timed out")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
     start = time.perf_counter()
     assert hub_reachable(timeout=0.5) is False
     assert time.perf_counter() - start < 2.0

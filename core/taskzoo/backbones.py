@@ -101,7 +101,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         try:
             with socket.create_connection((endpoint.hostname, port), timeout=timeout):
                 answered.append(True)
-        except OSError:
+        except Exception:  # noqa: BLE001 - any failure of the probe means "not reachable"
             answered.append(False)
 
     thread = threading.Thread(target=probe, name="taskzoo-hub-probe", daemon=True)
