@@ -131,7 +131,7 @@ class TaskConformance:
     @classmethod
     def spec(cls, taskzoo_host: PluginHost, task_name: str | None) -> TaskSpec:
         if task_name is None:
-            pytest.fail(f"{type(self).__name__}: set 'task' to the name(s) of the task(s) to check", pytrace=False)
+            pytest.fail(f"{cls.__name__}: set 'task' to the name(s) of the task(s) to check", pytrace=False)
         tasks = taskzoo_host.tasks()
         if task_name not in tasks:
             problems = [f"{i.name}: {e}" for i in taskzoo_host.plugins() for e in i.errors]
