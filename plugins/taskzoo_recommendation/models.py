@@ -70,29 +70,29 @@ def _cpu_top_k(user_vectors: torch.Tensor, item_factors: torch.Tensor, k: int, b
     bounds = np.linspace(0, len(vectors), slices + 1).astype(np.int64)
     starts = np.searchsorted(seen_rows, bounds)
 
-    def best_of_slice(part: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def best_of_slice(part: int) -> dict[str, torch.Tensor]:
         first, last = bounds[part], bounds[part + 1]
         scores = vectors[first:last] @ items.T
         seen = slice(starts[part], starts[part + 1])
         scores[seen_rows[seen] - first, seen_cols[seen]] = -np.inf
-        return torch.topk(torch.from_numpy(scores), min(k, len(items)), dim=1)
+        return top_k(torch.from_numpy(scores), k)
 
     with threadpool_limits(1, user_api="blas"):
         if slices == 1:
             parts = [best_of_slice(0)]
         else:
             parts = list(_thread_pool(slices).map(best_of_slice, range(slices)))
-    return {"ids": torch.cat([ids for _, ids in parts]), "scores": torch.cat([values for values, _ in parts])}
+    return {key: torch.cat([part[key] for part in parts]) for key in ("ids", "scores")}
 
 
 class FactorModel(torch.nn.Module):
-    def __init__(self, n_users: int, n_items: int, factors: int) -> None:
+    def __init__(self, n_users: int, n_items: int, factors: int, threads: int = 0) -> None:
         super().__init__()
         self.user_factors = torch.nn.Parameter(torch.zeros(n_users, factors))
         self.item_factors = torch.nn.Parameter(torch.zeros(n_items, factors))
         # Distinct users per item in the fitted data: the most-popular baseline and fallback.
         self.register_buffer("popularity", torch.zeros(n_items))
-        self.threads = 0  # CPU threads for scoring (the task's --threads; 0: torch's thread count)
+        self.threads = threads  # CPU threads for scoring (the task's --threads; 0: torch's thread count)
 
     def set_factors(self, user_factors: np.ndarray, item_factors: np.ndarray, popularity: np.ndarray) -> None:
         with torch.no_grad():

@@ -72,6 +72,7 @@ class RecommendationTask(Task):
     _seen: Any = None  # every training interaction: filtered from recommendations
     _fit_matrix: Any = None  # what the model was fitted on (the train part during a run)
     _init: dict[str, Any] | None = None
+    _split_by_time = False  # whether the last split held out each user's latest item
 
     @property
     def k(self) -> int:
@@ -172,7 +173,7 @@ class RecommendationTask(Task):
         return pairs.subset(~held, "train"), pairs.subset(held, "val")
 
     def describe_split(self, *, val_fraction: float, seed: int) -> str:
-        if getattr(self, "_split_by_time", False):
+        if self._split_by_time:
             return "each user's latest item (leave-last-out by timestamp); users with one item are not held out"
         return (f"a random {val_fraction:.0%} of each user's items, at least one (seed {seed}); users with one item "
                 "are not held out")
@@ -218,9 +219,7 @@ class RecommendationTask(Task):
             self.hyper = hyperparameters(self.kind, self.options)
         self.backbone = backbone.name
         if self.kind in FACTOR_KINDS:
-            model = FactorModel(len(self.users), len(self.items), int(self.hyper["factors"]))
-            model.threads = self.threads
-            return model
+            return FactorModel(len(self.users), len(self.items), int(self.hyper["factors"]), self.threads)
         return NeighbourModel(len(self.items))
 
     def fit_before_training(self, model: torch.nn.Module, train_data: Any) -> bool:
@@ -313,18 +312,16 @@ class RecommendationTask(Task):
     def predictions(self, batch: Mapping[str, torch.Tensor], output: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
         ids, scores = output["ids"].cpu().numpy(), output["scores"].cpu().numpy()
         found = np.isfinite(scores)
-        indices = batch["index"].tolist()
-        evaluation = "target_rows" in batch
-        # One tolist() per batch: per-row conversions cost more than the ranking itself at 100k users.
-        if found.all():
-            id_lists = ids.tolist()
-            score_lists = None if evaluation else scores.tolist()
-        else:
-            id_lists = [row[keep].tolist() for row, keep in zip(ids, found)]
-            score_lists = None if evaluation else [row[keep].tolist() for row, keep in zip(scores, found)]
-        if not evaluation:
+        complete = found.all()
+
+        def lists(values: np.ndarray) -> list[list[Any]]:
+            # One tolist() per batch: per-row conversions cost more than the ranking itself at 100k users.
+            return values.tolist() if complete else [row[keep].tolist() for row, keep in zip(values, found)]
+
+        indices, id_lists = batch["index"].tolist(), lists(ids)
+        if "target_rows" not in batch:
             return [{"index": index, "items": items, "scores": values}
-                    for index, items, values in zip(indices, id_lists, score_lists)]
+                    for index, items, values in zip(indices, id_lists, lists(scores))]
         popular = self._popular_unseen(batch, ids.shape[1], len(indices)).tolist()
         n_items = len(self.items)
         return [{"index": index, "items": items, "popular": best, "n_items": n_items}
@@ -387,9 +384,8 @@ class RecommendationTask(Task):
         self._seen = _load_csr(folder / SEEN)
         if self.kind in FACTOR_KINDS:
             with np.load(folder / FACTORS, allow_pickle=False) as stored:
-                model = FactorModel(len(self.users), len(self.items), stored["user_factors"].shape[1])
+                model = FactorModel(len(self.users), len(self.items), stored["user_factors"].shape[1], self.threads)
                 model.set_factors(stored["user_factors"], stored["item_factors"], stored["popularity"])
-            model.threads = self.threads
             return model
         model = NeighbourModel(len(self.items))
         model.similarity = _load_csr(folder / NEIGHBOURS)
