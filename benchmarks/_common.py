@@ -34,22 +34,28 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("taskzoo", "hf")
 ARM_NAMES = {"taskzoo": "taskzoo", "hf": "transformers"}
-# Fixed parts of the recipe, the same in both arms (taskzoo's CLI defaults).
-WEIGHT_DECAY = 0.01
-MAX_GRAD_NORM = 1.0
-SCHEDULER = "linear"
-LOG_EVERY = 10
+# Fixed parts of the recipe, the same in both arms: taskzoo's own defaults, read from its one
+# declaration of the run options.
+from taskzoo.options import default_of  # noqa: E402
+
+WEIGHT_DECAY = default_of("weight_decay")
+MAX_GRAD_NORM = default_of("max_grad_norm")
+SCHEDULER = default_of("scheduler")
+LOG_EVERY = default_of("log_every")
 
 
 # -- tasks, fingerprints, memory ------------------------------------------------------------------
 
 
 def make_task(host: Any, name: str, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """(spec, task instance) with the task's option defaults, updated by ``options``."""
+    """(spec, task instance) with the task's option defaults, updated by ``options``, as the run
+    pipeline makes it."""
+    from taskzoo.pipeline import make_task as pipeline_task
+
     spec = host.task(name)
     values = {option.key: option.default for option in spec.options}
     values.update(options or {})
-    return spec, spec.load()(spec, values)
+    return spec, pipeline_task(spec, values, host)
 
 
 def digest(payload: Any) -> str:
@@ -67,9 +73,26 @@ def parameters_fingerprint(module: Any) -> str:
 
 
 def schedule(n_train: int, batch_size: int, epochs: int, warmup_ratio: float) -> tuple[int, int]:
-    """(total optimizer steps, warmup steps) exactly as taskzoo.trainer.Trainer computes them."""
-    total = math.ceil(n_train / batch_size) * epochs  # grad_accum = 1
-    return total, int(total * warmup_ratio)
+    """(total optimizer steps, warmup steps): taskzoo's own step maths (grad_accum 1), for the
+    reference trainer to follow."""
+    from taskzoo.trainer import schedule as trainer_schedule
+
+    _, total, warmup = trainer_schedule(math.ceil(n_train / batch_size), grad_accum=1, epochs=epochs,
+                                        warmup_ratio=warmup_ratio)
+    return total, warmup
+
+
+def taskzoo_trainer(spec: Any, task: Any, model: Any, train: Any, val: Any, run_dir: Path, **recipe: Any) -> Any:
+    """The shared trainer exactly as ``tasks run`` builds it (`taskzoo.pipeline.make_trainer`), for
+    data both arms share: ``recipe`` holds run options (``epochs=2, lr=1e-4``), checked and merged
+    with the task's defaults like flags."""
+    from taskzoo import options, pipeline
+    from taskzoo.trainer import make_accelerator
+
+    values = options.resolve(spec, "run", [("benchmark", recipe)])
+    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
+    prepared = pipeline.Prepared(spec, values, task, train, val, list(task.labels_of_model), None, model, accelerator)
+    return pipeline.make_trainer(prepared, run_dir)
 
 
 def peak_rss_mib() -> float:
@@ -122,20 +145,12 @@ def fit_taskzoo(
     sentiment, windows for NER); ``metric`` is the validation metric to report (``accuracy``, ``f1``).
     """
     import torch
-    from taskzoo.trainer import Trainer, TrainingArgs, make_accelerator
 
-    accelerator = make_accelerator("auto", "auto", 1, opts.seed)
-    args = TrainingArgs(
-        epochs=opts.epochs, batch_size=opts.batch_size, eval_batch_size=2 * opts.batch_size, lr=opts.lr,
-        weight_decay=WEIGHT_DECAY, warmup_ratio=opts.warmup_ratio, scheduler=SCHEDULER, grad_accum=1,
-        max_grad_norm=MAX_GRAD_NORM, patience=None, seed=opts.seed, log_every=LOG_EVERY,
-    )
     with tempfile.TemporaryDirectory(prefix="taskzoo-bench-") as run_dir:
         # Building the Trainer tokenises the data and prepares model/optimizer/loaders: not timed.
-        trainer = Trainer(
-            task=task, model=model, train_data=train_data, val_data=val_data,
-            metrics=host.metrics(spec.name), main_metric=spec.main_metric, args=args, accelerator=accelerator,
-            run_dir=Path(run_dir),
+        trainer = taskzoo_trainer(
+            spec, task, model, train_data, val_data, Path(run_dir), epochs=opts.epochs, batch_size=opts.batch_size,
+            lr=opts.lr, warmup_ratio=opts.warmup_ratio, seed=opts.seed,
         )
         # fit() always saves the best model and a resumable checkpoint each epoch; time those
         # writes so the report can show how much of the fit they are.

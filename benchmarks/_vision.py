@@ -44,43 +44,34 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     parser.add_argument("--arm", choices=["taskzoo", "plain"], help=argparse.SUPPRESS)
 
 
-def prepare(task_name: str, opts: argparse.Namespace, options: Mapping[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
-    """Task, split data and a freshly initialised model: the same in both arms."""
+def prepare(task_name: str, opts: argparse.Namespace, options: Mapping[str, Any]) -> Any:
+    """The run pipeline's own preparation (task, data read and split, a freshly initialised model):
+    the same in both arms."""
     import torch
-    from accelerate.utils import set_seed
 
-    from taskzoo.backbones import resolve_backbone
+    from taskzoo import options as schema
+    from taskzoo import pipeline
     from taskzoo.plugins import get_host
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    host = get_host()
-    spec = host.task(task_name)
-    task = spec.load()(spec, {**{option.key: option.default for option in spec.options}, **options})
-    data = task.read(Path(opts.data), role="train")
-    labels = task.labels(data)
-    train, val = task.split(data, val_fraction=0.2, seed=opts.seed)
-    set_seed(opts.seed)
-    model = task.build_model(resolve_backbone(host, task_name, None), labels)
-    return host, spec, task, (train, val), model
+    spec = get_host().task(task_name)
+    recipe = {"data": opts.data, "epochs": opts.epochs, "batch_size": opts.batch_size, "lr": opts.lr,
+              "weight_decay": opts.weight_decay, "warmup_ratio": 0.1, "seed": opts.seed, **options}
+    return pipeline.prepare(spec, schema.resolve(spec, "run", [("benchmark", recipe)]))
 
 
-def fit_taskzoo(prepared: tuple[Any, Any, Any, Any, Any], opts: argparse.Namespace,
-                quality: Callable[[Mapping[str, Any]], list[float]]) -> dict[str, Any]:
-    """The shared trainer's fit; ``quality`` picks the reported figures from an epoch's metrics."""
-    from taskzoo.trainer import Trainer, TrainingArgs, make_accelerator
+def fit_taskzoo(prepared: Any, opts: argparse.Namespace, quality: Callable[[Mapping[str, Any]], list[float]]) -> dict[str, Any]:
+    """The shared trainer's fit, built as ``tasks run`` builds it; ``quality`` picks the reported
+    figures from an epoch's metrics."""
+    from taskzoo import pipeline
 
-    host, spec, task, (train, val), model = prepared
-    args = TrainingArgs(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
-                        warmup_ratio=0.1, scheduler="linear", max_grad_norm=1.0, seed=opts.seed, log_every=10)
     with tempfile.TemporaryDirectory(prefix="taskzoo-bench-") as run_dir:
-        trainer = Trainer(task=task, model=model, train_data=train, val_data=val, metrics=host.metrics(spec.name),
-                          main_metric=spec.main_metric, args=args, accelerator=make_accelerator(seed=opts.seed),
-                          run_dir=Path(run_dir))
+        trainer = pipeline.make_trainer(prepared, Path(run_dir))
         start = time.perf_counter()
         summary = trainer.fit()
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "train_images": len(train),
+    return {"seconds": seconds, "train_images": len(prepared.train),
             "quality_by_epoch": [quality(h["val"]) for h in summary["history"]]}
 
 

@@ -40,7 +40,8 @@ def fit_plain(opts: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torchmetrics.detection import MeanAveragePrecision
 
-    _, _, task, (train, val), model = prepare(opts)
+    prepared = prepare(opts)
+    task, train, val, model = prepared.task, prepared.train, prepared.val, prepared.model
     train_loader = task.dataloader(train, batch_size=opts.batch_size, train=True, seed=opts.seed)
     val_loader = task.dataloader(val, batch_size=opts.batch_size * 2, train=False, seed=opts.seed)
     optimizer, scheduler = _vision.plain_optimizer(model, opts, len(train_loader))

@@ -91,7 +91,7 @@ def windows_fingerprint(train: list[dict[str, Any]], val: list[dict[str, Any]]) 
 
 def run_arm(opts: argparse.Namespace) -> dict[str, Any]:
     from accelerate.utils import set_seed
-    from taskzoo.backbones import resolve_backbone
+    from taskzoo.weights import resolve_backbone
 
     host = _common.arm_setup(opts)
     shared = json.loads(Path(opts.split_file).read_text(encoding="utf-8")) if opts.split_file else read_data(opts)

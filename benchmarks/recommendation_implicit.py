@@ -66,13 +66,14 @@ def reference_load(path: Path) -> Any:
 
 
 def make_task(threads: int, options: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    from taskzoo.pipeline import make_task as pipeline_task
     from taskzoo.plugins import get_host
 
     host = get_host()
     spec = host.task("recommendation")
     values = {option.key: option.default for option in spec.options}
     values.update({"threads": threads, **(options or {})})
-    return host, spec, spec.load()(spec, values)
+    return host, spec, pipeline_task(spec, values, host)
 
 
 def plugin_load(path: Path, threads: int) -> tuple[Any, Any]:
@@ -84,15 +85,14 @@ def plugin_load(path: Path, threads: int) -> tuple[Any, Any]:
 
 
 def fit_plugin(task: Any, host: Any, spec: Any, train: Any, val: Any, seed: int, epochs: int = 0) -> tuple[float, dict]:
-    from taskzoo.backbones import resolve_backbone
-    from taskzoo.trainer import Trainer, TrainingArgs, make_accelerator
+    from _common import taskzoo_trainer
+    from taskzoo.weights import resolve_backbone
 
     model = task.build_model(resolve_backbone(host, "recommendation", None), [])
-    args = TrainingArgs(epochs=epochs, batch_size=1024, lr=1e-3, weight_decay=0.0, seed=seed, log_every=50)
     with tempfile.TemporaryDirectory(prefix="rec-bench-") as run_dir:
-        trainer = Trainer(task=task, model=model, train_data=train, val_data=val, metrics=host.metrics("recommendation"),
-                          main_metric=spec.main_metric, args=args, accelerator=make_accelerator("cpu", "no", 1, seed),
-                          run_dir=Path(run_dir))
+        trainer = taskzoo_trainer(spec, task, model, train, val, Path(run_dir), epochs=epochs, batch_size=1024,
+                                  lr=1e-3, weight_decay=0.0, seed=seed, log_every=50, device="cpu",
+                                  mixed_precision="no")
         start = time.perf_counter()
         summary = trainer.fit()
         return time.perf_counter() - start, summary

@@ -73,7 +73,7 @@ def data_fingerprint(split: dict[str, Any]) -> str:
 
 def run_arm(opts: argparse.Namespace) -> dict[str, Any]:
     from accelerate.utils import set_seed
-    from taskzoo.backbones import resolve_backbone
+    from taskzoo.weights import resolve_backbone
 
     host = _common.arm_setup(opts)
     if opts.split_file:

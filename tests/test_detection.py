@@ -17,6 +17,7 @@ from taskzoo.cli import cli
 from taskzoo.specs import MetricContext
 from taskzoo_detection.data import read_dataset
 from taskzoo_detection.metrics import coco_summary
+from taskzoo.pipeline import make_task
 
 SHAPES = Path(__file__).resolve().parents[1] / "examples" / "detection" / "shapes"
 CATEGORIES = ["red", "blue"]
@@ -365,7 +366,7 @@ def test_transformers_detector_from_a_local_folder(tmp_path, runner):
 def test_fine_tune_from_offline_imagenet_weights_beats_the_untrained_head(tmp_path, runner):
     """mAP@.5 on the example's validation images: the freshly built detector (ImageNet backbone,
     untrained heads) against the same detector after three epochs of fine-tuning."""
-    from taskzoo.backbones import resolve_backbone
+    from taskzoo.weights import resolve_backbone
     from taskzoo.plugins import get_host
     from taskzoo.trainer import evaluate, make_accelerator
 
@@ -373,7 +374,7 @@ def test_fine_tune_from_offline_imagenet_weights_beats_the_untrained_head(tmp_pa
                  "--val", str(SHAPES / "val.json"), "--val-images", str(SHAPES / "images" / "val")]
     host = get_host()
     spec = host.task("detection")
-    task = spec.load()(spec, {"image_size": 320, "images": str(SHAPES / "images" / "val")})
+    task = make_task(spec, {"image_size": 320, "images": str(SHAPES / "images" / "val")}, host)
     val = task.read(SHAPES / "val.json", role="val", labels=["circle", "square", "triangle"])
     torch.manual_seed(42)
     model = task.build_model(resolve_backbone(host, "detection", None), ["circle", "square", "triangle"])

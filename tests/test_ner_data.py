@@ -7,7 +7,7 @@ import json
 import pytest
 
 from taskzoo import DataError
-from taskzoo.backbones import locate
+from taskzoo.weights import locate
 from taskzoo.plugins import PluginHost
 from taskzoo_ner.data import check, read_ner
 from taskzoo_ner.task import NerTask, decode_spans

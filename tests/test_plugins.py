@@ -200,8 +200,7 @@ def test_malformed_records_are_refused_one_by_one_and_reported(runner, use_host)
     assert info.errors[0].startswith("taskzoo_tasks: TaskSpec 'Bad Name' refused: name 'Bad Name' must be lowercase")
     assert "description must be a non-empty string" in info.errors[0]
     assert "task_class must be 'package.module:ClassName', got 'no_colon'" in info.errors[0]
-    assert info.errors[1] == "taskzoo_backbones: BackboneSpec 'b' refused: source 'ftp' is not one of " \
-        "package, hub, local, timm, smp, implicit"
+    assert info.errors[1] == "backbone 'b' refused: no plugin provides its source 'ftp'; sources: hub, local, package"
     assert "taskzoo_metrics: MetricSpec 'm' refused: tasks must be a non-empty tuple of task names" in info.errors[2]
     result = runner.invoke(cli, ["plugins"])
     assert result.exit_code == 0

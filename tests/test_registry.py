@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from taskzoo import UserError
-from taskzoo.backbones import available_offline, locate, resolve_backbone
+from taskzoo.weights import available_offline, locate, resolve_backbone
 from taskzoo.plugins import PluginHost
 from taskzoo.registry import DEFAULT_PATH, load_registry, parse_registry
 
@@ -52,7 +52,7 @@ def document():
     [
         (lambda d: d["tasks"]["sentiment"]["backbones"][1].pop("licence"), r"backbones\[1\] \(distilbert-base-uncased\): missing 'licence'"),
         (lambda d: d["tasks"]["sentiment"]["backbones"][1].update(params="66M"), r"'params' must be int, got '66M'"),
-        (lambda d: d["tasks"]["sentiment"]["backbones"][1].update(source="ftp"), r"source 'ftp' is not one of"),
+        (lambda d: d["tasks"]["sentiment"]["backbones"][1].update(source="FTP site"), r"source 'FTP site' is not a source name"),
         (lambda d: d["tasks"]["sentiment"]["backbones"][1].update(default=True), r"exactly one backbone must be 'default: true', found 2"),
         (lambda d: d["tasks"]["sentiment"]["backbones"][2].update(name="distilbert-base-uncased"), r"duplicate name"),
         (lambda d: d["tasks"]["sentiment"]["backbones"][1].update(colour="red"), r"unknown key\(s\) colour"),
@@ -83,7 +83,7 @@ def test_hub_probe_gives_up_on_a_hanging_name_lookup(monkeypatch):
     import socket
     import time
 
-    from taskzoo.backbones import hub_reachable
+    from taskzoo.weights import hub_reachable
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")

@@ -15,6 +15,7 @@ from taskzoo import DataError
 from taskzoo.cli import cli
 from taskzoo.plugins import PluginHost
 from taskzoo_segmentation.data import read_dataset
+from taskzoo.pipeline import make_task
 
 COINS = Path(__file__).resolve().parents[1] / "examples" / "segmentation" / "coins"
 
@@ -120,7 +121,7 @@ def test_augmentation_moves_masks_with_images(tmp_path):
         Image.fromarray(mask).save(root / "masks" / f"a{i}.png")
     host = PluginHost()
     spec = host.task("segmentation")
-    task = spec.load()(spec, {"image_size": 64})
+    task = make_task(spec, {"image_size": 64}, host)
     data = task.read(root, role="train")
     task.labels(data)
     loader = task.dataloader(data, batch_size=3, train=True, seed=0)

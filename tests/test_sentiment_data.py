@@ -8,7 +8,7 @@ import pytest
 from conftest import write_csv
 
 from taskzoo import DataError
-from taskzoo.splits import stratified_split
+from taskzoo.helpers.splits import stratified_split
 from taskzoo_sentiment.data import check, read_texts
 
 

@@ -121,7 +121,7 @@ def test_data_parallel_with_two_cpu_processes_over_gloo(review_rows, tmp_path):
 
 def test_hub_id_in_the_local_hugging_face_cache_trains_without_network(review_rows, tmp_path):
     """A hub backbone already in the user's cache is used offline, without touching the network."""
-    from taskzoo.backbones import locate
+    from taskzoo.weights import locate
     from taskzoo.plugins import PluginHost
 
     package_copy = Path(locate(PluginHost().default_backbone("sentiment")))

@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
-from taskzoo.backbones import locate  # noqa: E402
+from taskzoo.weights import locate  # noqa: E402
 from taskzoo.plugins import PluginHost  # noqa: E402
-from taskzoo.timm_weights import load_matching, positional_state_dict  # noqa: E402
+from taskzoo.helpers.timm_weights import load_matching, positional_state_dict  # noqa: E402
 
 IMAGENET_TABBY_CAT = 281
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -70,7 +70,7 @@ def test_unknown_config_key_is_an_error(runner, toy, tmp_path):
     config.write_text("data: x.csv\nepochz: 3\n")
     result = run(runner, "--config", config)
     assert result.exit_code == 2
-    assert f"error: {config}: unknown option(s) epochz" in result.output
+    assert f"error: {config}: no option --epochz; did you mean --epochs?" in result.output
 
 
 def test_early_stopping_and_best_epoch(runner, toy, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 
 from taskzoo import DataError, Finding, MetricSpec, Option, TaskSpec, hookimpl
 from taskzoo.task import Task
-from taskzoo.tables import read_table
+from taskzoo.helpers.tables import read_table
 
 TASK = "toy"
 
@@ -113,10 +113,17 @@ class ToyPlugin:
         )]
 
     @hookimpl
+    def taskzoo_backbone_sources(self):
+        from taskzoo import BackboneSource
+
+        # A source the core has never heard of: the toy's weights are made on the spot.
+        return [BackboneSource("toy-init", "Freshly initialised toy weights")]
+
+    @hookimpl
     def taskzoo_backbones(self):
         from taskzoo import BackboneSpec
 
-        return [BackboneSpec(name="linear", task=TASK, source="implicit", location="linear", licence="MIT",
+        return [BackboneSpec(name="linear", task=TASK, source="toy-init", location="linear", licence="MIT",
                              default=True, offline=True)]
 
     @hookimpl

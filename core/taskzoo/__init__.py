@@ -1,27 +1,41 @@
-"""taskzoo: fine-tune pretrained models for real tasks from one command line.
+"""taskzoo: fine-tune pretrained models for real tasks, from the command line or from Python.
 
-Plugins import what they need from here::
+    import taskzoo
 
-    from taskzoo import hookimpl, TaskSpec, BackboneSpec, MetricSpec, Option, Finding, SampleData, DataError
+    run = taskzoo.train("sentiment", data="examples/reviews.csv", epochs=2)
+    run.predict(["the hoppy finish was wonderful"])
+    taskzoo.load("runs/sentiment-20261203-101500").evaluate("examples/sentiment/test.csv")
 
-This module stays cheap to import: no torch, no transformers.
+Plugins import the records they declare from here too (`TaskSpec`, `BackboneSpec`, `Option`,
+`hookimpl`, ...); helpers for writing tasks live in `taskzoo.helpers`. Only the names in
+``__all__`` are promised. This module stays cheap to import: no torch, no transformers.
 """
 
+from taskzoo.api import Run, backbones, check, load, tasks, train
 from taskzoo.errors import DataError, UserError
 from taskzoo.hookspecs import hookimpl
-from taskzoo.specs import BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec
+from taskzoo.specs import BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackboneSpec",
+    # using taskzoo
+    "Run",
+    "backbones",
+    "check",
+    "load",
+    "tasks",
+    "train",
+    "UserError",
     "DataError",
+    # writing plugins
+    "BackboneSource",
+    "BackboneSpec",
     "Finding",
     "MetricSpec",
     "Option",
     "SampleData",
     "TaskSpec",
-    "UserError",
     "hookimpl",
     "__version__",
 ]

@@ -1,25 +1,25 @@
-"""The ``tasks`` command line.
+"""The ``tasks`` command line: a thin shell over `taskzoo.api` and `taskzoo.pipeline`.
 
-Listing commands stay light (no torch import); ``run``, ``evaluate`` and ``predict`` import the
-trainer only when they start working.
+It parses (options derived from `taskzoo.options`), calls the library and prints. Listing commands
+stay light (no torch import); ``run``, ``evaluate`` and ``predict`` import the trainer only when
+they start working.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 import taskzoo
+from taskzoo import options as schema
 from taskzoo.errors import UserError
 from taskzoo.plugins import get_host
-from taskzoo.specs import TaskSpec
+from taskzoo.specs import Option, TaskSpec
 
 
 class UserFacingError(click.ClickException):
@@ -87,20 +87,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_tasks(pattern: str, as_json: bool) -> None:
     """List installed tasks (optionally those matching a glob PATTERN)."""
-    host = get_host()
-    rows = []
-    for task in host.tasks().values():
-        if not fnmatch.fnmatch(task.name, pattern):
-            continue
-        default = next((b.name for b in host.backbones(task.name) if b.default), None)
-        rows.append({
-            "name": task.name,
-            "description": task.description,
-            "default_backbone": default,
-            "data_formats": list(task.data_formats),
-            "main_metric": task.main_metric,
-            "plugin": task.plugin,
-        })
+    rows = taskzoo.tasks(pattern)
     if as_json:
         _echo_json(rows)
         return
@@ -122,25 +109,7 @@ def list_backbones(task: str | None, as_json: bool) -> None:
     OFFLINE NOW says whether it loads right now without network (shipped in an installed
     package, or already in the local Hugging Face cache).
     """
-    from taskzoo.backbones import available_offline
-
-    host = get_host()
-    if task:
-        host.task(task)
-    rows = [
-        {
-            "task": b.task,
-            "name": b.name,
-            "default": b.default,
-            "source": b.source,
-            "location": b.location,
-            "params": b.params,
-            "licence": b.licence,
-            "offline_now": available_offline(b),
-            "plugin": b.plugin,
-        }
-        for b in host.backbones(task)
-    ]
+    rows = taskzoo.backbones(task)
     if as_json:
         _echo_json(rows)
         return
@@ -177,102 +146,70 @@ def list_plugins(as_json: bool) -> None:
             click.echo(f"{info.name}: {error}", err=True)
 
 
-# -- options shared by run and check ---------------------------------------------------------------
-
-# (name, type, built-in default, help). Defaults apply unless the task, a --config file or a flag
-# says otherwise, in that order.
-TRAINING_OPTIONS: list[tuple[str, Any, Any, str]] = [
-    ("backbone", str, None, "Backbone name from 'tasks backbones TASK', a hub id or a local folder."),
-    ("epochs", int, 3, "Training epochs."),
-    ("batch-size", int, 16, "Examples per batch per device."),
-    ("lr", float, 5e-5, "Peak learning rate (AdamW)."),
-    ("weight-decay", float, 0.01, "AdamW weight decay."),
-    ("warmup-ratio", float, 0.1, "Share of steps spent warming up the learning rate."),
-    ("scheduler", click.Choice(["linear", "cosine"]), "linear", "Learning-rate decay after warmup."),
-    ("grad-accum", int, 1, "Batches per optimizer step (gradient accumulation)."),
-    ("max-grad-norm", float, 1.0, "Gradient clipping norm (0 turns it off)."),
-    ("patience", int, None, "Stop after this many epochs without improvement (early stopping)."),
-    ("val-fraction", float, 0.2, "Validation share split off the training data when --val is not given."),
-    ("seed", int, 42, "Random seed for the head, data order and split."),
-    ("device", click.Choice(["auto", "cpu", "cuda"]), "auto", "Where to train."),
-    ("mixed-precision", click.Choice(["auto", "no", "fp16", "bf16"]), "auto",
-     "auto: bf16 (or fp16) on CUDA, none on the CPU."),
-    ("log-every", int, 10, "Log loss and throughput every N optimizer steps."),
-    ("tensorboard", bool, False, "Also write TensorBoard logs into the run folder."),
-]
-FILE_OPTIONS = {"data", "val", "output", "resume", "config"}
+# -- options: derived from taskzoo.options, the one declaration ------------------------------------
 
 
-def _key(name: str) -> str:
-    return name.replace("-", "_")
+class OptionType(click.ParamType):
+    """Shows the option's type in the help; the value itself is checked by `taskzoo.options.coerce`,
+    so a flag, a --config file and a Python keyword get the same one-line error."""
+
+    def __init__(self, option: Option) -> None:
+        self.option = option
+        self.name = "choice" if option.choices else {int: "integer", float: "float", Path: "path"}.get(option.type, "text")
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        if self.option.choices:
+            return "[" + "|".join(self.option.choices) + "]"
+        return self.name.upper()
 
 
-def _click_option(name: str, kind: Any, default: Any, help_text: str, *, multiple: bool = False) -> click.Option:
-    # Defaults are resolved later (task, --config, flags), so click itself defaults to None; the
-    # effective default is shown in the help text.
-    if default not in (None, False, ()):
+def click_option(option: Option, default: Any = None, *, tasks: Sequence[str] = ()) -> click.Option:
+    """One `taskzoo.Option` as a click option. click's own default stays None, so that a value given
+    on the command line can be told from one merged in from a config file or the task's defaults;
+    the effective default is shown in the help (0 included)."""
+    help_text = option.help
+    if tasks:
+        help_text = f"({', '.join(tasks)}) {help_text}"
+    if default is not None and default is not False and default != ():
         help_text = f"{help_text}  [default: {default}]"
-    if kind is bool:
-        return click.Option([f"--{name}"], is_flag=True, default=None, help=help_text)
-    return click.Option([f"--{name}"], type=kind, default=None, multiple=multiple, help=help_text)
+    if option.type is bool:
+        return click.Option([schema.flag(option.name)], is_flag=True, default=None, help=help_text)
+    return click.Option([schema.flag(option.name)], type=OptionType(option), default=None,
+                        multiple=option.multiple, help=help_text)
 
 
-def _task_click_options(spec: TaskSpec, command: str) -> list[click.Option]:
-    options = []
-    for option in spec.options:
-        if command not in option.commands:
-            continue
-        kind = click.Choice(option.choices) if option.choices else option.type
-        options.append(_click_option(option.name, kind, option.default, option.help, multiple=option.multiple))
-    return options
+class SchemaCommand(click.Command):
+    """A command whose unknown options get the same one line as a wrong keyword in Python."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as error:
+            known = [p.name for p in self.get_params(ctx) if isinstance(p, click.Option) and p.name]
+            raise schema.unknown_option(error.option_name.lstrip("-"), known, f"tasks {ctx.command_path.split(' ', 1)[-1]}") from None
 
 
-def _task_option_values(spec: TaskSpec, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The task's own options, defaults filled in where no value was given."""
-    return {
-        option.key: option.default if values.get(option.key) in (None, (), []) else values[option.key]
-        for option in spec.options
-    }
+def given_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The options given on the command line (click leaves the rest None)."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in params.items() if value is not None and value != ()}
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from taskzoo.tables import read_text
-
-    try:
-        document = yaml.safe_load(read_text(path))
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-    if not isinstance(document, dict):
-        raise UserError(f"{path}: expected a mapping of option names to values")
-    document.pop("resolved", None)
-    return {_key(str(k)): v for k, v in document.items()}
+def _notify(level: str, message: str) -> None:
+    if level == "warning":
+        click.echo(f"warning: {message}", err=True)
+    else:
+        click.echo(message)
 
 
-def _merge(ctx: click.Context, spec: TaskSpec, layers: list[Mapping[str, Any]], source_name: str) -> dict[str, Any]:
-    """Built-in defaults < task defaults < config file < flags given on the command line."""
-    values: dict[str, Any] = {_key(name): default for name, _, default, _ in TRAINING_OPTIONS}
-    values.update({"data": None, "val": None, "output": None})
-    values.update({option.key: option.default for option in spec.options})
-    values.update({_key(k): v for k, v in spec.defaults.items()})
-    known = set(values)
-    for layer in layers:
-        unknown = sorted(set(layer) - known - {"task"})
-        if unknown:
-            raise UserError(f"{source_name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values.update({k: v for k, v in layer.items() if k != "task"})
-    for name, value in ctx.params.items():
-        if name in ("config", "resume"):
-            continue
-        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-            values[name] = list(value) if isinstance(value, tuple) else value
-    return values
+def _warnings_only(level: str, message: str) -> None:
+    if level == "warning":
+        _notify(level, message)
 
 
 class TaskCommandGroup(click.Group):
     """``tasks run TASK`` / ``tasks check TASK``: one subcommand per installed task, built on demand
-    with the common options plus the task's own."""
+    with the shared options plus the task's own."""
 
     def __init__(self, *args: Any, action: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -297,34 +234,20 @@ class TaskCommandGroup(click.Group):
 
 
 def _task_command(spec: TaskSpec, action: str) -> click.Command:
-    params: list[click.Parameter] = [
-        click.Option(["--data"], type=click.Path(path_type=Path), help="Training data file or folder."),
-    ]
-    if action == "run":
-        params += [
-            click.Option(["--val"], type=click.Path(path_type=Path), help="Validation data (default: a split of --data)."),
-            click.Option(["--config"], type=click.Path(path_type=Path), help="YAML file of options; flags override it."),
-            click.Option(["--output"], type=click.Path(path_type=Path), help="Run folder (default: runs/TASK-TIMESTAMP)."),
-            click.Option(["--resume"], type=click.Path(path_type=Path), help="Continue a run folder from its last checkpoint."),
-        ]
-        params += [
-            _click_option(name, kind, spec.defaults.get(_key(name), default), help_text)
-            for name, kind, default, help_text in TRAINING_OPTIONS
-        ]
-    params += _task_click_options(spec, action)
+    task_defaults = schema.defaults(spec, action)
+    params = [click_option(option, task_defaults.get(option.key)) for option in schema.for_command(spec, action)]
 
-    def callback(**_: Any) -> None:
-        ctx = click.get_current_context()
+    def callback(**params: Any) -> None:
         if action == "run":
-            _run(ctx, spec)
+            _run(spec, given_values(params))
         else:
-            _check(ctx, spec)
+            _check(spec, given_values(params))
 
     defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
     help_text = f"{spec.description}\n\nData: {', '.join(spec.data_formats)}."
     if defaults:
         help_text += f" Task defaults: {defaults}."
-    return click.Command(spec.name, params=params, callback=callback, help=help_text)
+    return SchemaCommand(spec.name, params=params, callback=callback, help=help_text)
 
 
 @cli.group("run", cls=TaskCommandGroup, action="run")
@@ -341,222 +264,113 @@ def check_group() -> None:
     """Validate and summarise data exactly as 'run' would read it, without training."""
 
 
-def _report_findings(findings: list[Any], *, quiet_info: bool) -> None:
-    """Print info and warnings; stop with the first error (and how many more there are)."""
-    for finding in findings:
-        if finding.level == "warning":
-            click.echo(f"warning: {finding.message}", err=True)
-        elif finding.level == "info" and not quiet_info:
-            click.echo(finding.message)
-    errors = [f.message for f in findings if f.level == "error"]
-    if errors:
-        more = f" (and {len(errors) - 1} more data error(s): {'; '.join(errors[1:3])})" if len(errors) > 1 else ""
-        raise UserError(errors[0] + more)
+def _check(spec: TaskSpec, given: dict[str, Any]) -> None:
+    from taskzoo import pipeline
 
-
-def _read_checked(host: Any, task: Any, path: Path, role: str, *, labels: Any = None, quiet_info: bool) -> Any:
-    data = task.read(path, role=role, labels=labels)
-    _report_findings(host.check_data(task.name, data), quiet_info=quiet_info)
-    return data
-
-
-def _check(ctx: click.Context, spec: TaskSpec) -> None:
-    host = get_host()
-    values = _merge(ctx, spec, [], "flags")
-    if not values["data"]:
-        raise click.UsageError("--data is required", ctx)
-    task = spec.load()(spec, _task_option_values(spec, values))
-    _read_checked(host, task, values["data"], "train", quiet_info=False)
+    values = schema.resolve(spec, "check", [("tasks check " + spec.name, given)])
+    pipeline.check(spec, values, _notify)
     click.echo(f"{values['data']}: ready for 'tasks run {spec.name}'")
 
 
-def _run(ctx: click.Context, spec: TaskSpec) -> None:
-    from taskzoo import runs
+def _run(spec: TaskSpec, given: dict[str, Any]) -> None:
+    from taskzoo import pipeline
 
-    host = get_host()
-    layers: list[Mapping[str, Any]] = []
-    source = "flags"
-    resume: Path | None = ctx.params.get("resume")
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    resume = given.get("resume")
     if resume is not None:
-        saved = runs.open_run(resume, require_complete=False)
-        if saved.get("task") != spec.name:
-            raise UserError(f"--resume {resume}: that run is for task '{saved.get('task')}', not '{spec.name}'")
-        layers.append({k: v for k, v in saved.items() if k not in ("output", "resolved")})
-        source = str(resume / runs.CONFIG_FILE)
-    if ctx.params.get("config") is not None:
-        layers.append(_read_config_file(ctx.params["config"]))
-        source = str(ctx.params["config"])
-    values = _merge(ctx, spec, layers, source)
-    if not values["data"]:
-        raise click.UsageError("--data is required (or give it in --config)", ctx)
-    _train(host, spec, values, resume)
-
-
-def _train(host: Any, spec: TaskSpec, values: dict[str, Any], resume: Path | None) -> None:
-    from accelerate.utils import broadcast_object_list, set_seed
-
-    from taskzoo import runs
-    from taskzoo.backbones import resolve_backbone
-    from taskzoo.plots import plot_training_curves
-    from taskzoo.trainer import Trainer, TrainingArgs, make_accelerator
-
-    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
-    main_process = accelerator.is_main_process
-    task = spec.load()(spec, _task_option_values(spec, values))
-    train = _read_checked(host, task, Path(values["data"]), "train", quiet_info=not main_process)
-    labels = task.labels(train)
-    if values["val"]:
-        val = _read_checked(host, task, Path(values["val"]), "val", labels=labels, quiet_info=not main_process)
-    else:
-        train, val = task.split(train, val_fraction=values["val_fraction"], seed=values["seed"])
-    backbone = resolve_backbone(host, spec.name, values["backbone"])
-    set_seed(values["seed"])
-    model = task.build_model(backbone, labels)
-
-    folder = [str(resume or values["output"] or runs.default_run_dir(spec.name))]
-    broadcast_object_list(folder)
-    run_dir = Path(folder[0])
-    config = {
-        "task": spec.name,
-        **{k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()},
-        "backbone": backbone.name,
-        "output": str(run_dir),
-        "resolved": {
-            "taskzoo_version": taskzoo.__version__,
-            "plugin": spec.plugin,
-            "backbone": {"name": backbone.name, "source": backbone.source, "location": backbone.location,
-                         "licence": backbone.licence, "params": backbone.params},
-            "labels": list(labels),
-            "train_examples": task.size(train),
-            "val_examples": task.size(val),
-            "validation": str(values["val"]) if values["val"] else task.describe_split(
-                val_fraction=values["val_fraction"], seed=values["seed"]),
-            "processes": accelerator.num_processes,
-        },
-    }
-    if main_process:
-        runs.start_run(run_dir, config, resume=resume is not None)
-    accelerator.wait_for_everyone()
-    args = TrainingArgs(
-        epochs=values["epochs"], batch_size=values["batch_size"], lr=values["lr"],
-        weight_decay=values["weight_decay"], warmup_ratio=values["warmup_ratio"], scheduler=values["scheduler"],
-        grad_accum=values["grad_accum"], max_grad_norm=values["max_grad_norm"], patience=values["patience"],
-        seed=values["seed"], log_every=values["log_every"], tensorboard=bool(values["tensorboard"]),
-    )
-    try:
-        trainer = Trainer(
-            task=task, model=model, train_data=train, val_data=val, metrics=host.metrics(spec.name),
-            main_metric=spec.main_metric, args=args, accelerator=accelerator, run_dir=run_dir,
-        )
-        summary = trainer.fit(resume=resume is not None)
-        if main_process:
-            runs.write_json(run_dir / "metrics.json", summary)
-            runs.write_json(run_dir / "labels.json", list(labels))
-            plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png", spec.main_metric)
-            task.report(run_dir, summary["val"])
-            card_config = {**config, "taskzoo_version": taskzoo.__version__, "backbone": config["resolved"]["backbone"]}
-            runs.write_model_card(run_dir, card_config, summary, task.model_card_usage(run_dir))
-            runs.finish_run(run_dir, "complete")
-    except BaseException:
-        if main_process and run_dir.exists():
-            runs.finish_run(run_dir, "failed")
-        raise
-    accelerator.wait_for_everyone()
-    if main_process:
-        best = summary["best"]
-        click.echo(f"best {spec.main_metric} {best:.4f} at epoch {summary['best_epoch']}" if best is not None else "no epoch finished")
-        click.echo(f"run folder: {run_dir}")
+        layers.append((str(Path(resume) / "config.yaml"), pipeline.resume_layer(spec, Path(resume))))
+    if given.get("config") is not None:
+        layers.append((str(given["config"]), schema.read_config_file(Path(given["config"]))))
+    layers.append(("tasks run " + spec.name, given))
+    values = schema.resolve(spec, "run", layers)
+    result = pipeline.train(spec, values, resume=Path(resume) if resume else None, notify=_notify)
+    if result.main_process:
+        best = result.summary["best"]
+        click.echo(f"best {result.main_metric} {best:.4f} at epoch {result.summary['best_epoch']}"
+                   if best is not None else "no epoch finished")
+        click.echo(f"run folder: {result.folder}")
 
 
 # -- evaluate and predict --------------------------------------------------------------------------
 
 
-def _parse_task_options(ctx: click.Context, spec: TaskSpec, command: str, extra: list[str]) -> dict[str, Any]:
-    """Parse the task's own options (given after the common ones) for evaluate/predict."""
-    parser = click.Command(ctx.command_path, params=_task_click_options(spec, command))
-    sub = parser.make_context(ctx.command_path, list(extra))
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sub.params.items() if v not in (None, ())}
+class RunCommand(SchemaCommand):
+    """``tasks evaluate`` / ``tasks predict``: the shared options and every installed task's options
+    for the command (the run's task is known only once --model is read), built when first needed
+    so that 'tasks list' loads no plugin code; an option of another task is refused by name."""
+
+    def __init__(self, name: str, callback: Any, help: str) -> None:
+        super().__init__(name, callback=callback, help=help)
+        self._built_for: object = None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        host = get_host()
+        if self._built_for is not host:  # the installed tasks are the host's
+            self._built_for = host
+            self.params = [click_option(option, option.default) for option in schema.shared(self.name)]
+            for option, owners in _task_options(self.name):
+                self.params.append(click_option(option, option.default, tasks=owners))
+        return super().get_params(ctx)
 
 
-def _load_run(model_dir: Path, ctx: click.Context, command: str) -> tuple[Any, Any, Any, dict[str, Any]]:
-    from taskzoo import runs
-
-    host = get_host()
-    config = runs.open_run(model_dir)
-    spec = host.task(config["task"])
-    saved = {option.key: config.get(option.key) for option in spec.options if option.remember}
-    given = _parse_task_options(ctx, spec, command, ctx.args)
-    task = spec.load()(spec, _task_option_values(spec, {**saved, **given}))
-    return host, spec, task, config
+def _task_options(command: str) -> list[tuple[Option, list[str]]]:
+    """Each task option of ``command``, once per name, with the tasks that take it."""
+    by_name: dict[str, tuple[Option, list[str]]] = {}
+    for spec in get_host().tasks().values():
+        for option in spec.options:
+            if command in option.commands and option.name not in schema.SHARED_NAMES:
+                by_name.setdefault(option.name, (option, []))[1].append(spec.name)
+    return sorted(by_name.values(), key=lambda pair: pair[0].name)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="A run folder.")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled test data.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.pass_context
-def evaluate(ctx: click.Context, model_dir: Path, data: Path, batch_size: int, device: str, as_json: bool) -> None:
-    """Score a trained run on labelled data; writes metrics and pictures into the run folder.
+def _evaluate(**params: Any) -> None:
+    from taskzoo import pipeline
 
-    Task options (e.g. --text-column) may follow.
-    """
-    from taskzoo import runs
-    from taskzoo.specs import MetricContext
-    from taskzoo.trainer import evaluate as run_evaluation
-    from taskzoo.trainer import make_accelerator
-
-    host, spec, task, _ = _load_run(model_dir, ctx, "evaluate")
-    accelerator = make_accelerator(device, "no")
-    model = task.load(model_dir / "model")
-    labels = task.labels_of_model
-    test = _read_checked(host, task, data, "test", labels=labels, quiet_info=True)
-    loader = task.dataloader(test, batch_size=batch_size, train=False, seed=0)
-    model, loader = accelerator.prepare(model, loader)
-    metrics, _ = run_evaluation(
-        accelerator, model, loader, task, host.metrics(spec.name), MetricContext(task=spec.name, labels=tuple(labels))
-    )
-    out_dir = model_dir / f"eval-{data.stem}"
-    out_dir.mkdir(exist_ok=True)
-    runs.write_json(out_dir / "metrics.json", {"data": str(data), "examples": task.size(test), **metrics})
-    pictures = task.report(out_dir, metrics)
+    given = given_values(params)
+    model, data, as_json = given.pop("model", None), given.pop("data", None), given.pop("json", False)
+    if model is None or data is None:
+        raise click.UsageError("--model RUN and --data FILE are both required")
+    result = pipeline.evaluate(Path(model), Path(data), given, _warnings_only)
     if as_json:
-        _echo_json(metrics)
+        _echo_json(result.metrics)
         return
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    click.echo(f"{data}: {task.size(test)} {task.size_unit}")
+    scalars = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    click.echo(f"{data}: {result.size} {result.unit}")
     click.echo(_table([[k, f"{v:.4f}"] for k, v in scalars.items()], ["METRIC", "VALUE"]))
-    for picture in pictures:
+    for picture in result.pictures:
         click.echo(f"wrote {picture}")
-    click.echo(f"evaluation folder: {out_dir}")
+    click.echo(f"evaluation folder: {result.folder}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="A run folder.")
-@click.option("--data", type=click.Path(path_type=Path), help="Inputs to predict for.")
-@click.option("--output", type=click.Path(path_type=Path), help="Write predictions here (format from suffix).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.pass_context
-def predict(ctx: click.Context, model_dir: Path, data: Path | None, output: Path | None, batch_size: int, device: str) -> None:
-    """Predict with a trained run, from --data or the task's inline options (e.g. --text "...")."""
-    from taskzoo.trainer import make_accelerator, predict_all
+def _predict(**params: Any) -> None:
+    from taskzoo import pipeline
 
-    _, _, task, _ = _load_run(model_dir, ctx, "predict")
-    model = task.load(model_dir / "model")
-    inputs = task.read(data, role="predict", labels=task.labels_of_model) if data else task.inputs_from_options()
-    if inputs is None:
-        raise click.UsageError("give --data FILE or the task's inline input (see 'tasks predict --help')", ctx)
-    accelerator = make_accelerator(device, "no")
-    loader = task.dataloader(inputs, batch_size=batch_size, train=False, seed=0)
-    model, loader = accelerator.prepare(model, loader)
-    predictions = predict_all(accelerator, model, loader, task)
-    text = task.write_predictions(inputs, predictions, output)
-    if text:
-        click.echo(text)
-    if output is not None:
-        click.echo(f"wrote {task.size(inputs)} predictions to {output}", err=True)
+    given = given_values(params)
+    model, data, as_json = given.pop("model", None), given.pop("data", None), given.pop("json", False)
+    if model is None:
+        raise click.UsageError("--model RUN is required")
+    result = pipeline.predict(Path(model), Path(data) if data else None, given)
+    if as_json:
+        for record in result.records:
+            click.echo(json.dumps(record, default=_jsonable))
+    elif result.text:
+        click.echo(result.text)
+    if given.get("output") is not None:
+        click.echo(f"wrote {result.size} predictions to {given['output']}", err=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+cli.add_command(RunCommand("evaluate", _evaluate, help=(
+    "Score a trained run on labelled data (--model RUN --data FILE); writes metrics.json and pictures "
+    "into --output (default RUN/eval-DATA). Options marked with task names apply to those tasks' runs.")))
+cli.add_command(RunCommand("predict", _predict, help=(
+    "Predict with a trained run (--model RUN), from --data or a task's inline input (e.g. --text \"...\"). "
+    "Options marked with task names apply to those tasks' runs.")))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from taskzoo.specs import BackboneSpec, Finding, MetricSpec, TaskSpec
+    from taskzoo.specs import BackboneSource, BackboneSpec, Finding, MetricSpec, TaskSpec
 
 PROJECT = "taskzoo"
 
@@ -77,6 +77,27 @@ def taskzoo_backbones() -> list[BackboneSpec]:
             )]
 
     :return: a list of `BackboneSpec`, possibly empty.
+    """
+
+
+@hookspec
+def taskzoo_backbone_sources() -> list[BackboneSource]:
+    """Return the backbone sources this plugin brings: where weights of a new kind come from.
+
+    The core knows ``package``, ``hub`` and ``local``; a `BackboneSpec` may name any source a
+    plugin registers here, and ``tasks backbones`` asks that source whether the backbone loads
+    offline. The task that builds the model still does the loading; the source only says where
+    the files are and whether they are here::
+
+        @hookimpl
+        def taskzoo_backbone_sources():
+            return [BackboneSource(
+                name="modelzoo", description="Our company's model registry",
+                locate=lambda backbone: f"/mnt/models/{backbone.location}",
+                available_offline=lambda backbone: Path(f"/mnt/models/{backbone.location}").is_dir(),
+            )]
+
+    :return: a list of `BackboneSource`, possibly empty.
     """
 
 

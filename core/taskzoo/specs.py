@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -10,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-SOURCES = ("package", "hub", "local", "timm", "smp", "implicit")
+# The sources the core itself provides; plugins add theirs (timm, implicit) with `BackboneSource`.
+CORE_SOURCES = ("package", "hub", "local")
 # Task names are typed on the command line and become folder names: lowercase, digits, - and _.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -20,8 +20,12 @@ class Option:
     """A task-specific command-line option, e.g. ``--text-column``.
 
     ``name`` is the option's long flag without dashes and with hyphens (``text-column``); its
-    value reaches the task under the underscored key (``text_column``). ``commands`` says which of
-    ``run``, ``check``, ``evaluate`` and ``predict`` accept it.
+    value reaches the task under the underscored key (``text_column``), and `taskzoo.train`
+    takes it as that keyword. ``commands`` says which of ``run``, ``check``, ``evaluate`` and
+    ``predict`` accept it. ``remember``: a run's value is used again by ``evaluate`` and
+    ``predict``. ``minimum``/``maximum`` (inclusive) and ``above``/``below`` (exclusive) bound a
+    number; a value outside them is refused with one line naming the flag, from the command
+    line, a config file or Python alike.
     """
 
     name: str
@@ -32,6 +36,10 @@ class Option:
     multiple: bool = False
     commands: tuple[str, ...] = ("run", "check")
     remember: bool = True
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
 
     @property
     def key(self) -> str:
@@ -82,7 +90,8 @@ class TaskSpec:
     """A task a plugin adds, e.g. ``sentiment``.
 
     ``task_class`` is an import path ``"package.module:ClassName"`` to a subclass of
-    `taskzoo.task.Task`; it is imported only when the task is used, so listing tasks stays fast.
+    `taskzoo.task.Task`; it is imported only when the task is used (`taskzoo.task.task_class`), so
+    listing tasks stays fast.
     ``main_metric`` names the metric (from a `MetricSpec`) that picks the best epoch.
     ``options`` are extra command-line options; ``defaults`` overrides the trainer's defaults for
     this task (``{"epochs": 5, "lr": 1e-4}``), which a config file or a flag overrides in turn.
@@ -98,26 +107,6 @@ class TaskSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     sample: SampleData | None = None
     plugin: str = ""
-
-    def load(self) -> type:
-        """Import and return the task class; a `UserError` naming the plugin if that fails, so a
-        task whose code cannot import (a missing dependency) stops in one line."""
-        from taskzoo.errors import UserError
-        from taskzoo.task import Task
-
-        module_name, _, class_name = self.task_class.partition(":")
-        try:
-            task_class = getattr(importlib.import_module(module_name), class_name)
-        except UserError:
-            raise
-        except Exception as error:
-            raise UserError(
-                f"task '{self.name}' (plugin '{self.plugin}'): cannot import its code '{self.task_class}': "
-                f"{type(error).__name__}: {' '.join(str(error).split())}"
-            ) from error
-        if not (isinstance(task_class, type) and issubclass(task_class, Task)):
-            raise UserError(f"task '{self.name}' (plugin '{self.plugin}'): '{self.task_class}' is not a taskzoo.task.Task subclass")
-        return task_class
 
     def problems(self) -> list[str]:
         """What makes this record unusable, one sentence each; empty when it is well-formed."""
@@ -147,10 +136,11 @@ class TaskSpec:
 class BackboneSpec:
     """A pretrained model a task can start from.
 
-    ``source`` says how ``location`` is read: ``package`` (an installed Python package's folder,
-    ``"module/sub/folder"``), ``hub`` (a Hugging Face hub id), ``local`` (a folder on disk),
-    ``timm``, ``smp`` or ``implicit``. ``offline`` is true when the weights ship in a package and
-    need no network once installed. ``params`` is the parameter count.
+    ``source`` names the `BackboneSource` that says how ``location`` is read: the core's
+    ``package`` (an installed Python package's folder, ``"module/sub/folder"``), ``hub`` (a
+    Hugging Face hub id) and ``local`` (a folder on disk), or one a plugin registers (the bundled
+    ``timm`` and ``implicit``). ``offline`` is true when the weights ship in a package and need no
+    network once installed. ``params`` is the parameter count.
     """
 
     name: str
@@ -171,10 +161,43 @@ class BackboneSpec:
         for key in ("name", "task", "location", "licence"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 found.append(f"{key} must be a non-empty string")
-        if self.source not in SOURCES:
-            found.append(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
+        if not isinstance(self.source, str) or not NAME_PATTERN.match(self.source):
+            found.append(f"source {self.source!r} must name a backbone source (package, hub, local, or a plugin's)")
         if self.params is not None and (not isinstance(self.params, int) or isinstance(self.params, bool)):
             found.append(f"params must be an integer parameter count, got {self.params!r}")
+        return found
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where backbones of one kind come from, so that a plugin can bring weights from a place the
+    core has never heard of (a model zoo, a company registry).
+
+    ``locate(backbone)`` returns the folder, file or id the task's loader reads (default: the
+    backbone's ``location`` as it is); ``available_offline(backbone)`` says whether it loads now
+    without network (default: the backbone's ``offline`` flag, or for ``downloads=True`` sources
+    whether the Hugging Face cache holds it). ``downloads`` marks sources that fetch weights from
+    a hub: their backbones cannot be catalogued ``offline``. Two plugins may register one name
+    only with the same record (the bundled vision plugins both bring ``timm``).
+    """
+
+    name: str
+    description: str
+    locate: Callable[[BackboneSpec], str] | None = None
+    available_offline: Callable[[BackboneSpec], bool] | None = None
+    downloads: bool = False
+    plugin: str = field(default="", compare=False)
+
+    def problems(self) -> list[str]:
+        """What makes this record unusable, one sentence each; empty when it is well-formed."""
+        found = []
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
+            found.append(f"name {self.name!r} must be lowercase letters, digits, '-' or '_', starting with a letter")
+        if not isinstance(self.description, str) or not self.description.strip():
+            found.append("description must be a non-empty string")
+        for hook in ("locate", "available_offline"):
+            if getattr(self, hook) is not None and not callable(getattr(self, hook)):
+                found.append(f"{hook} must be a function (backbone) -> value, or None")
         return found
 
 

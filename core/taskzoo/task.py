@@ -1,7 +1,10 @@
-"""The contract a task's implementation fulfils; the shared trainer and the CLI drive it.
+"""The contract a task's implementation fulfils; the run pipeline (`taskzoo.pipeline`) and the
+shared trainer drive it.
 
 A plugin's `TaskSpec.task_class` points to a subclass of `Task`. One instance serves one command
 (``run``, ``check``, ``evaluate`` or ``predict``), so it may keep state such as a tokenizer.
+What it needs from the rest of taskzoo (its backbones, a finished run to start from) comes in a
+`TaskContext`; a task never asks the process-wide plugin host or opens run folders itself.
 
 The model a task builds is a ``torch.nn.Module`` whose ``forward(batch)`` takes one batch from the
 task's own data loader and returns ``{"loss": tensor or None, "output": tensor}``; that is all the
@@ -10,14 +13,82 @@ trainer knows about it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taskzoo.errors import UserError
 from taskzoo.specs import BackboneSpec, TaskSpec
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A complete run folder of the same task, handed to a task that starts from it (``--init``)."""
+
+    folder: Path
+    config: Mapping[str, Any]
+
+    @property
+    def model(self) -> Path:
+        """The folder `Task.save` wrote."""
+        return self.folder / "model"
+
+
+class Labels(list):
+    """Label names in id order, as `Task.labels` returns them, with what else the data says about
+    them in ``details`` (a segmentation class's colour, a detection category's own id). The
+    pipeline hands the same object to `Task.build_model`, so nothing travels through task state."""
+
+    def __init__(self, names: Sequence[str], **details: Any) -> None:
+        super().__init__(names)
+        self.details: dict[str, Any] = details
+
+
+def label_details(labels: Sequence[str]) -> dict[str, Any]:
+    """``labels.details`` for `Labels`, an empty mapping for a plain list of names."""
+    return labels.details if isinstance(labels, Labels) else {}
+
+
+def _no_runs(folder: Path, option: str) -> FinishedRun:
+    raise UserError(f"--{option.replace('_', '-')} {folder}: this command cannot start from another run")
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What the pipeline hands a task besides its options.
+
+    ``backbones``: the task's backbones (catalog and plugins), default first. ``offline_backbones``:
+    the names of those that load without network right now, for error messages.
+    ``finished_run(folder, option)``: the complete run of this task at ``folder``, or a `UserError`
+    naming ``option`` (``init``) when it is not one.
+    """
+
+    backbones: tuple[BackboneSpec, ...] = ()
+    offline_backbones: tuple[str, ...] = ()
+    finished_run: Callable[[Path, str], FinishedRun] = _no_runs
+
+
+def task_class(spec: TaskSpec) -> type[Task]:
+    """Import the spec's task class; a `UserError` naming the plugin if that fails, so a task whose
+    code cannot import (a missing dependency) stops in one line."""
+    module_name, _, class_name = spec.task_class.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(
+            f"task '{spec.name}' (plugin '{spec.plugin}'): cannot import its code '{spec.task_class}': "
+            f"{type(error).__name__}: {' '.join(str(error).split())}"
+        ) from error
+    if not (isinstance(found, type) and issubclass(found, Task)):
+        raise UserError(f"task '{spec.name}' (plugin '{spec.plugin}'): '{spec.task_class}' is not a taskzoo.task.Task subclass")
+    return found
 
 
 class Task:
@@ -26,10 +97,14 @@ class Task:
 
     #: What `size` counts, in messages such as ``tasks evaluate``'s "data.csv: 120 examples".
     size_unit = "examples"
+    #: The predict option that a plain list of inputs stands for in ``Run.predict([...])``
+    #: (``"text"`` for text tasks, ``"user"`` for recommendation); None: only files.
+    inline_input: str | None = None
 
-    def __init__(self, spec: TaskSpec, options: Mapping[str, Any]) -> None:
+    def __init__(self, spec: TaskSpec, options: Mapping[str, Any], context: TaskContext | None = None) -> None:
         self.spec = spec
         self.options = dict(options)
+        self.context = context or TaskContext()
 
     @property
     def name(self) -> str:
@@ -60,7 +135,8 @@ class Task:
         return f"a random {val_fraction:.0%} of the training data (seed {seed})"
 
     def labels(self, data: Any) -> list[str]:
-        """The label names found in training data, in the order that fixes their ids."""
+        """The label names found in training data, in the order that fixes their ids; a `Labels`
+        when more than the names is needed to build the model (it is passed to `build_model`)."""
         raise NotImplementedError
 
     def size(self, data: Any) -> int:
@@ -114,6 +190,14 @@ class Task:
         raise NotImplementedError
 
     # -- outputs ---------------------------------------------------------------------------------
+
+    def records(self, data: Any, predictions: list[Any]) -> list[dict[str, Any]]:
+        """The predictions as the records ``tasks predict`` writes (one dict per row or input, with
+        the scores behind each answer), in input order; what ``Run.predict`` returns. The default
+        returns the predictions themselves, ordered by their ``index`` when they have one."""
+        if predictions and isinstance(predictions[0], Mapping) and "index" in predictions[0]:
+            return sorted(predictions, key=lambda p: p["index"])
+        return list(predictions)
 
     def write_predictions(self, data: Any, predictions: list[Any], output: Path | None) -> str:
         """Write predictions to ``output`` (format from its suffix) or return them as text."""

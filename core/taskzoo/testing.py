@@ -35,17 +35,16 @@ from typing import Any, ClassVar
 import pytest
 from click.testing import CliRunner, Result
 
+from taskzoo.options import SHARED_NAMES
 from taskzoo.plugins import PluginHost, PluginInfo, set_host
 from taskzoo.specs import SampleData, TaskSpec
+from taskzoo.task import task_class
 
 GUIDE = "docs/plugins.md"
 # Modules that must not be imported by listing tasks, backbones and metrics.
 HEAVY_MODULES = ("torch", "transformers", "timm", "torchvision", "tensorflow", "jax")
 # Flags for a quick, deterministic run; a task's SampleData.options override them.
 QUICK_RUN = {"epochs": 1, "device": "cpu", "mixed-precision": "no", "seed": 0, "log-every": 1}
-COMMON_OPTIONS = {"data", "val", "config", "output", "resume", "backbone", "epochs", "batch-size", "lr",
-                  "weight-decay", "warmup-ratio", "scheduler", "grad-accum", "max-grad-norm", "patience",
-                  "val-fraction", "seed", "device", "mixed-precision", "log-every", "tensorboard", "model", "json"}
 
 
 def installed_tasks(distribution: str | None = None) -> list[str]:
@@ -192,8 +191,11 @@ class TaskConformance:
 
         return yaml.safe_load((trained_run / "config.yaml").read_text(encoding="utf-8"))
 
-    def _task(self, spec: TaskSpec, config: Mapping[str, Any]) -> Any:
-        return spec.load()(spec, {o.key: config.get(o.key, o.default) if o.remember else o.default for o in spec.options})
+    def _task(self, host: PluginHost, spec: TaskSpec, config: Mapping[str, Any]) -> Any:
+        from taskzoo.pipeline import make_task
+
+        options = {o.key: config.get(o.key, o.default) if o.remember else o.default for o in spec.options}
+        return make_task(spec, options, host)
 
     # -- the plugin and its records --------------------------------------------------------------
 
@@ -203,13 +205,13 @@ class TaskConformance:
 
     def test_task_record_is_complete(self, taskzoo_host: PluginHost, spec: TaskSpec) -> None:
         assert spec.problems() == []
-        spec.load()  # importable, and a taskzoo.task.Task subclass
+        task_class(spec)  # importable, and a taskzoo.task.Task subclass
         metrics = {m.name: m for m in taskzoo_host.metrics(spec.name)}
         assert spec.main_metric in metrics, (
             f"main_metric '{spec.main_metric}' is not among the task's metrics: {', '.join(metrics) or 'none'}")
-        clashes = sorted({o.name for o in spec.options} & COMMON_OPTIONS)
+        clashes = sorted({o.name for o in spec.options} & SHARED_NAMES)
         assert not clashes, f"options {clashes} clash with taskzoo's own options"
-        known = {o.key for o in spec.options} | {name.replace("-", "_") for name in COMMON_OPTIONS}
+        known = {o.key for o in spec.options} | {name.replace("-", "_") for name in SHARED_NAMES}
         unknown = sorted(set(spec.defaults) - known)
         assert not unknown, f"defaults {unknown} are neither training options nor the task's own options"
 
@@ -234,7 +236,7 @@ class TaskConformance:
                              f"import them inside the task class so 'tasks list' stays fast")
 
     def test_lists_backbones_with_one_offline_default(self, taskzoo_host: PluginHost, spec: TaskSpec) -> None:
-        from taskzoo.backbones import available_offline
+        from taskzoo.weights import available_offline
 
         backbones = taskzoo_host.backbones(spec.name)
         assert backbones, f"no backbones for '{spec.name}': return BackboneSpec records from taskzoo_backbones"
@@ -295,11 +297,12 @@ class TaskConformance:
         # A task without a fixed label set (recommendation: items are ids, not classes) writes [].
         assert isinstance(labels, list), "labels.json must hold the list of label names"
 
-    def test_reloads_what_it_saved(self, spec: TaskSpec, trained_run: Path, run_config: dict[str, Any],
+    def test_reloads_what_it_saved(self, taskzoo_host: PluginHost, spec: TaskSpec, trained_run: Path,
+                                   run_config: dict[str, Any],
                                    sample_paths: dict[str, Path], tmp_path: Path) -> None:
         import torch
 
-        task = self._task(spec, run_config)
+        task = self._task(taskzoo_host, spec, run_config)
         model = task.load(trained_run / "model")
         assert list(task.labels_of_model) == json.loads((trained_run / "labels.json").read_text(encoding="utf-8"))
         inputs = task.read(sample_paths["predict"], role="predict", labels=task.labels_of_model)
@@ -314,7 +317,7 @@ class TaskConformance:
         assert count == task.size(inputs), f"{count} predictions for {task.size(inputs)} inputs"
 
         task.save(model, tmp_path / "again")
-        fresh = self._task(spec, run_config)
+        fresh = self._task(taskzoo_host, spec, run_config)
         reloaded = fresh.load(tmp_path / "again")
         reloaded.eval()
         with torch.no_grad():

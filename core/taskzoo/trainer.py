@@ -29,7 +29,9 @@ from accelerate.utils import DataLoaderConfiguration, broadcast, broadcast_objec
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
+from taskzoo import progress
 from taskzoo.errors import UserError
+from taskzoo.options import default_of
 from taskzoo.specs import MetricContext, MetricSpec
 from taskzoo.task import Task
 
@@ -39,19 +41,35 @@ BEST_WEIGHTS = "best.safetensors"
 
 @dataclass
 class TrainingArgs:
-    epochs: int = 3
-    batch_size: int = 16
-    eval_batch_size: int | None = None
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    scheduler: str = "linear"
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    patience: int | None = None
-    seed: int = 42
-    log_every: int = 10
-    tensorboard: bool = False
+    """The recipe the trainer follows; each field is the shared run option of the same name
+    (`taskzoo.options.SHARED_OPTIONS`), whose default and help it takes."""
+
+    epochs: int = default_of("epochs")
+    batch_size: int = default_of("batch_size")
+    eval_batch_size: int | None = None  # default: twice batch_size
+    lr: float = default_of("lr")
+    weight_decay: float = default_of("weight_decay")
+    warmup_ratio: float = default_of("warmup_ratio")
+    scheduler: str = default_of("scheduler")
+    grad_accum: int = default_of("grad_accum")
+    max_grad_norm: float | None = default_of("max_grad_norm")
+    patience: int | None = default_of("patience")
+    seed: int = default_of("seed")
+    log_every: int = default_of("log_every")
+    tensorboard: bool = default_of("tensorboard")
+
+    @classmethod
+    def from_options(cls, values: dict[str, Any]) -> TrainingArgs:
+        """The fields out of a run's resolved options (`taskzoo.options.resolve`)."""
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__ if values.get(name) is not None})
+
+
+def schedule(batches_per_epoch: int, *, grad_accum: int, epochs: int, warmup_ratio: float) -> tuple[int, int, int]:
+    """(optimizer updates per epoch, total updates, warmup updates) of a run: the step maths the
+    trainer uses, and the benchmarks give the reference trainers."""
+    per_epoch = math.ceil(batches_per_epoch / grad_accum)
+    total = per_epoch * epochs
+    return per_epoch, total, int(total * warmup_ratio)
 
 
 def make_accelerator(
@@ -106,7 +124,7 @@ def batch_size_of(batch: Any) -> int:
 def _progress(accelerator: Accelerator, loader: Any, description: str) -> Any:
     # Shown only when the work takes more than a moment.
     return tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, delay=2.0,
-                disable=not accelerator.is_local_main_process)
+                disable=not (accelerator.is_local_main_process and progress.show()))
 
 
 @torch.no_grad()
@@ -190,12 +208,11 @@ class Trainer:
         val_loader = task.dataloader(
             val_data, batch_size=args.eval_batch_size or args.batch_size * 2, train=False, seed=args.seed
         )
-        self.updates_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
-        total = self.updates_per_epoch * args.epochs
-        optimizer = _adamw(self._parameter_groups(model), args.lr, args.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(int(total * args.warmup_ratio), total, args.scheduler)
+        self.updates_per_epoch, total, warmup = schedule(
+            len(train_loader), grad_accum=args.grad_accum, epochs=args.epochs, warmup_ratio=args.warmup_ratio
         )
+        optimizer = _adamw(self._parameter_groups(model), args.lr, args.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total, args.scheduler))
         # accelerate steps a prepared scheduler once per process per update, so the totals above
         # are counted on the single-process loader.
         self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
@@ -346,7 +363,7 @@ class Trainer:
                 self.train_loader,
                 desc=f"epoch {epoch}/{args.epochs}",
                 unit="batch",
-                disable=not accelerator.is_local_main_process,
+                disable=not (accelerator.is_local_main_process and progress.show()),
                 dynamic_ncols=True,
             )
             epoch_start = time.perf_counter()
@@ -404,7 +421,7 @@ class Trainer:
         scalars = {k: v for k, v in val.items() if isinstance(v, (int, float))}
         self._log({"type": "epoch", "epoch": epoch, "step": self.state["global_step"], "train_loss": train_loss,
                    "samples_per_second": samples_per_second, **{f"val_{k}": v for k, v in scalars.items()}})
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and progress.show():
             loss_text = f"train loss {train_loss:.4f}" if train_loss is not None else "fitted before training"
             tqdm.write(
                 f"epoch {epoch}: {loss_text}, "

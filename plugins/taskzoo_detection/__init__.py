@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo import BackboneSource, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo.sources import TIMM
 
 TASK = "detection"
 
@@ -73,3 +74,8 @@ def taskzoo_check_data(task: str, data: Any) -> list[Finding] | None:
     from taskzoo_detection.data import check
 
     return check(data)
+
+
+@hookimpl
+def taskzoo_backbone_sources() -> list[BackboneSource]:
+    return [TIMM]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from taskzoo import DataError, Finding
-from taskzoo.tables import read_text
+from taskzoo.helpers.tables import read_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 YAML_NAMES = ("dataset.yaml", "data.yaml")

@@ -13,11 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.backbones import available_offline, hub_reachable, locate
-from taskzoo.plugins import get_host
-from taskzoo.splits import random_split
-from taskzoo.task import Task
-from taskzoo.timm_weights import load_matching, positional_state_dict
+from taskzoo.weights import available_offline, hub_reachable, locate
+from taskzoo.helpers.splits import random_split
+from taskzoo.task import Labels, Task, label_details
+from taskzoo.helpers.timm_weights import load_matching, positional_state_dict
 from taskzoo_detection.data import DetectionData, read_dataset, read_rgb
 from taskzoo_detection.models import (
     ARCHITECTURES,
@@ -100,6 +99,12 @@ class ImagesAndBoxes(Dataset):
 class DetectionTask(Task):
     _config: dict[str, Any] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A few evaluated images and the data they came from, for the pictures report() draws.
+        self._previews: dict[int, Any] = {}
+        self._last_data: DetectionData | None = None
+
     @property
     def image_size(self) -> int:
         return int(self.options.get("image_size") or 512)
@@ -115,9 +120,9 @@ class DetectionTask(Task):
         known = list(labels) if labels and role != "train" else None
         return read_dataset(path, role=role, images_dir=self._images_dir(role), known=known)
 
-    def labels(self, data: DetectionData) -> list[str]:
-        self._category_ids = list(data.category_ids)
-        return list(data.categories)
+    def labels(self, data: DetectionData) -> Labels:
+        # The data set's own category ids travel with the names, to build_model (and predictions).
+        return Labels(data.categories, category_ids=list(data.category_ids))
 
     def split(self, data: DetectionData, *, val_fraction: float, seed: int) -> tuple[DetectionData, DetectionData]:
         if data.val is not None:
@@ -140,7 +145,7 @@ class DetectionTask(Task):
         return "transformers"
 
     def build_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
-        category_ids = getattr(self, "_category_ids", None) or list(range(len(labels)))
+        category_ids = label_details(labels).get("category_ids") or list(range(len(labels)))
         pretrained = not self.options.get("no_pretrained")
         if self._family(backbone) == "transformers":
             if not pretrained:
@@ -155,9 +160,8 @@ class DetectionTask(Task):
         encoder = backbone.location.removeprefix("timm/") if backbone.source in ("timm", "hub") else backbone.name
         timm_weights = pretrained and backbone.source != "package"
         if timm_weights and not (available_offline(backbone) or hub_reachable()):
-            offline = [b.name for b in get_host().backbones(self.name) if available_offline(b)]
             raise UserError(f"backbone '{backbone.name}': its timm weights are not cached and the hub cannot be "
-                            f"reached (no network?); backbones that work offline: {', '.join(offline)}")
+                            f"reached (no network?); backbones that work offline: {', '.join(self.context.offline_backbones)}")
         body = timm_body(encoder, timm_weights=timm_weights)
         if pretrained and backbone.source == "package":
             load_matching(body, positional_state_dict(Path(locate(backbone)), backbone.name))
@@ -171,7 +175,7 @@ class DetectionTask(Task):
     def _transformers_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-        from taskzoo.hf import load_pretrained
+        from taskzoo.helpers.hf import load_pretrained
 
         id2label = dict(enumerate(labels))
 
@@ -249,7 +253,7 @@ class DetectionTask(Task):
                       "scores": found["scores"].float().cpu().numpy().round(5).tolist(),
                       "labels": found["labels"].cpu().tolist()}
             results.append(result)
-            previews = self.__dict__.setdefault("_previews", {})
+            previews = self._previews
             if "targets" in batch and (len(previews) < PREVIEW_IMAGES or index in previews):
                 previews[index] = result
         return results
@@ -299,21 +303,32 @@ class DetectionTask(Task):
 
     # -- outputs ---------------------------------------------------------------------------------
 
+    def records(self, data: DetectionData, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One COCO-style result per box at or above --score-threshold: image, category, bbox
+        ``[x, y, width, height]`` in pixels and score."""
+        threshold = float(self.options.get("score_threshold") or 0.0)
+        names, category_ids = self._config["categories"], self._config["category_ids"]
+        results = []
+        for item in sorted(predictions, key=lambda p: p["index"]):
+            path = data.images[item["index"]]
+            for (x1, y1, x2, y2), score, label in zip(item["boxes"], item["scores"], item["labels"]):
+                if score >= threshold:
+                    results.append({"image_id": data.image_ids[item["index"]], "file_name": str(path),
+                                    "category_id": category_ids[label], "category": names[label],
+                                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                    "score": round(score, 4)})
+        return results
+
     def write_predictions(self, data: DetectionData, predictions: list[dict[str, Any]], output: Path | None) -> str:
         from taskzoo_detection.pictures import draw_detections
 
         threshold = float(self.options.get("score_threshold") or 0.0)
-        names, category_ids = self._config["categories"], self._config["category_ids"]
-        results, lines = [], []
+        names = self._config["categories"]
+        results, lines = self.records(data, predictions), []
         for item in sorted(predictions, key=lambda p: p["index"]):
             path = data.images[item["index"]]
             kept = [(box, score, label) for box, score, label in zip(item["boxes"], item["scores"], item["labels"])
                     if score >= threshold]
-            for (x1, y1, x2, y2), score, label in kept:
-                results.append({"image_id": data.image_ids[item["index"]], "file_name": str(path),
-                                "category_id": category_ids[label], "category": names[label],
-                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                                "score": round(score, 4)})
             summary = ", ".join(f"{names[label]} {score:.2f}" for _, score, label in kept) or "nothing"
             lines.append(f"{path.name}: {summary}")
         if output is None:
@@ -345,8 +360,8 @@ class DetectionTask(Task):
         if metrics.get("pr_curve"):
             pictures.append(plot_precision_recall(metrics["pr_curve"], folder / "precision_recall.png",
                                                   metrics.get("map_50")))
-        previews = getattr(self, "_previews", {})
-        data = getattr(self, "_last_data", None)
+        previews = self._previews
+        data = self._last_data
         if previews and data is not None and data.annotated:
             pictures.append(preview_grid(data, previews, self.labels_of_model, folder / "predictions.png"))
         return pictures

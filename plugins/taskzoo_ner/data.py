@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import DataError, Finding
-from taskzoo.tables import json_lines, read_text
+from taskzoo.helpers.tables import json_lines, read_text
 
 # Words for raw text: runs of word characters (keeping inner hyphens, apostrophes and decimal
 # points: "type-2", "Mary's", "0.5") or single punctuation marks.

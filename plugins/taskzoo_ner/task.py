@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
-from taskzoo.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
-from taskzoo.plots import plot_confusion_matrix
-from taskzoo.tables import delimited_text, json_lines_text, write_or_return
+from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
+from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
+from taskzoo.helpers.plots import plot_confusion_matrix
+from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
-from taskzoo.splits import random_split
+from taskzoo.helpers.splits import random_split
 from taskzoo_ner.data import NerData, Sentence, read_ner
 
 IGNORED = -100
@@ -43,6 +43,7 @@ def decode_spans(tags: Sequence[str], scores: Sequence[float]) -> list[tuple[int
 
 
 class NerTask(Task):
+    inline_input = "text"
     tokenizer: Any = None
     _labels: list[str] | None = None
 
@@ -228,6 +229,9 @@ class NerTask(Task):
                 found.append({"start": start, "end": end, "text": text[start:end], "label": kind, "score": round(score, 4)})
             records.append({"line": sentence.line, "text": text, "entities": found})
         return records
+
+    def records(self, data: NerData, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.entities(data, predictions)
 
     def write_predictions(self, data: NerData, predictions: list[dict[str, Any]], output: Path | None) -> str:
         records = self.entities(data, predictions)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo import BackboneSource, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
 
 TASK = "recommendation"
 COLUMN_COMMANDS = ("run", "check", "evaluate", "predict")
@@ -104,3 +104,9 @@ def taskzoo_check_data(task: str, data: Any) -> list[Finding] | None:
     from taskzoo_recommendation.data import check
 
     return check(data)
+
+
+@hookimpl
+def taskzoo_backbone_sources() -> list[BackboneSource]:
+    # implicit's models are fitted from scratch on the interactions: nothing to download.
+    return [BackboneSource("implicit", "A recommender model class of the implicit library (fitted, not downloaded)")]

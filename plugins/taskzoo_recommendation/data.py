@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from taskzoo import DataError, Finding
-from taskzoo.tables import find_column, is_number, read_text
+from taskzoo.helpers.tables import find_column, is_number, read_text
 
 USER_COLUMNS = ("user", "user_id", "userid", "users", "customer", "customer_id", "customerid", "client_id",
                 "visitor", "visitorid", "visitor_id", "member_id", "account_id", "reader", "reader_id", "uid",

@@ -15,8 +15,8 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
-from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.tables import delimited_text, json_lines_text, write_or_return
+from taskzoo import BackboneSpec, DataError, UserError, progress
+from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo_recommendation.data import (IdMap, Interactions, Pairs, Queries, holdout_mask, read_interactions,
                                          read_queries, to_pairs)
@@ -65,6 +65,7 @@ class _Indices(torch.utils.data.Dataset):
 
 class RecommendationTask(Task):
     size_unit = "interactions"
+    inline_input = "user"
     users: IdMap | None = None
     items: IdMap | None = None
     kind: str = "als"
@@ -73,6 +74,8 @@ class RecommendationTask(Task):
     _fit_matrix: Any = None  # what the model was fitted on (the train part during a run)
     _init: dict[str, Any] | None = None
     _split_by_time = False  # whether the last split held out each user's latest item
+    _popularity_order: Any = None  # caches of the most-popular baseline
+    _popularity_cache: Any = None
 
     @property
     def k(self) -> int:
@@ -160,7 +163,7 @@ class RecommendationTask(Task):
         return len(data.pairs) if getattr(data, "pairs", None) is not None else len(data)
 
     def split(self, data: Interactions, *, val_fraction: float, seed: int) -> tuple[Pairs, Pairs]:
-        from taskzoo.splits import _check_fraction
+        from taskzoo.helpers.splits import _check_fraction
 
         _check_fraction(val_fraction)
         pairs = self._pairs(data, "train")
@@ -186,12 +189,7 @@ class RecommendationTask(Task):
     # -- model -----------------------------------------------------------------------------------
 
     def _load_init(self, folder: Path) -> None:
-        from taskzoo import runs
-
-        config = runs.open_run(folder)
-        if config.get("task") != self.name:
-            raise UserError(f"--init {folder}: that run is for task '{config.get('task')}', not '{self.name}'")
-        model = folder / "model"
+        model = self.context.finished_run(folder, "init").model
         saved = json.loads((model / CONFIG).read_text(encoding="utf-8"))
         self.users, self.items = IdMap.load(model / "users.json"), IdMap.load(model / "items.json")
         self._init = {"folder": folder, "config": saved, "seen": _load_csr(model / SEEN)}
@@ -201,9 +199,7 @@ class RecommendationTask(Task):
 
     def build_model(self, backbone: BackboneSpec, labels: Sequence[str]) -> torch.nn.Module:
         if backbone.source != "implicit" or backbone.location not in KINDS.values():
-            from taskzoo.plugins import get_host
-
-            known = ", ".join(b.name for b in get_host().backbones(self.name))
+            known = ", ".join(b.name for b in self.context.backbones)
             raise UserError(f"--backbone {backbone.name}: not a recommender; known: {known}")
         self.kind = next(kind for kind, location in KINDS.items() if location == backbone.location)
         if self._init is not None:
@@ -246,7 +242,7 @@ class RecommendationTask(Task):
             with warnings.catch_warnings():
                 # BM25Recommender hands its own COO-weighted matrix on and warns about it; the user's was CSR.
                 warnings.filterwarnings("ignore", message="Method expects CSR input")
-                recommender.fit(fitted, show_progress=True)
+                recommender.fit(fitted, show_progress=progress.show())
             model.similarity = recommender.similarity.tocsr()
             model.popularity = torch.as_tensor(_popularity(fitted), device=model.popularity.device)
             return
@@ -257,7 +253,7 @@ class RecommendationTask(Task):
                                                  users, items, self.hyper, self.threads)
         else:
             recommender = make_implicit(self.kind, self.hyper, seed=seed, threads=self.threads)
-            recommender.fit(fitted, show_progress=True)
+            recommender.fit(fitted, show_progress=progress.show())
             user_factors, item_factors = factors_of(recommender)
         model.set_factors(user_factors, item_factors, _popularity(fitted))
 
@@ -332,7 +328,7 @@ class RecommendationTask(Task):
         seen. Only the first k + (most items any user in the batch has seen) popular items can be
         chosen, so the baseline costs users x that many checks instead of users x all items."""
         popularity = self._popularity_values.numpy()
-        cached = getattr(self, "_popularity_order", None)
+        cached = self._popularity_order
         if cached is None or cached[0] is not popularity:
             self._popularity_order = (popularity, np.argsort(-popularity, kind="stable"))
         order = self._popularity_order[1]
@@ -396,14 +392,15 @@ class RecommendationTask(Task):
     @property
     def _popularity_values(self) -> torch.Tensor:
         matrix = self._fit_matrix if self._fit_matrix is not None else self._seen
-        cached = getattr(self, "_popularity_cache", None)
+        cached = self._popularity_cache
         if cached is None or cached[0] is not matrix:
             self._popularity_cache = (matrix, torch.as_tensor(_popularity(matrix)))
         return self._popularity_cache[1]
 
     # -- outputs ---------------------------------------------------------------------------------
 
-    def write_predictions(self, data: Queries, predictions: list[dict[str, Any]], output: Path | None) -> str:
+    def records(self, data: Queries, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One row per recommended item: the user (or item, for --similar-to), the item, its score and rank."""
         query_column = "user" if data.kind == "users" else "item"
         result_column = "item" if data.kind == "users" else "similar_item"
         rows = []
@@ -412,6 +409,12 @@ class RecommendationTask(Task):
             for rank, (item, score) in enumerate(zip(prediction["items"], prediction["scores"]), start=1):
                 rows.append({query_column: query, result_column: self.items.ids[item], "score": round(float(score), 6),
                              "rank": rank})
+        return rows
+
+    def write_predictions(self, data: Queries, predictions: list[dict[str, Any]], output: Path | None) -> str:
+        query_column = "user" if data.kind == "users" else "item"
+        result_column = "item" if data.kind == "users" else "similar_item"
+        rows = self.records(data, predictions)
         suffix = output.suffix.lower() if output else ".txt"
         if suffix == ".jsonl":
             text = json_lines_text(rows)

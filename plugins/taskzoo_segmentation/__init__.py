@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo import BackboneSource, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo.sources import TIMM
 
 TASK = "segmentation"
 
@@ -67,3 +68,8 @@ def taskzoo_check_data(task: str, data: Any) -> list[Finding] | None:
     from taskzoo_segmentation.data import check
 
     return check(data)
+
+
+@hookimpl
+def taskzoo_backbone_sources() -> list[BackboneSource]:
+    return [TIMM]

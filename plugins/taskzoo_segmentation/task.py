@@ -13,12 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.backbones import available_offline, hub_reachable, locate
-from taskzoo.plots import plot_confusion_matrix
-from taskzoo.plugins import get_host
-from taskzoo.splits import random_split
-from taskzoo.task import Task
-from taskzoo.timm_weights import load_matching, positional_state_dict
+from taskzoo.weights import available_offline, hub_reachable, locate
+from taskzoo.helpers.plots import plot_confusion_matrix
+from taskzoo.helpers.splits import random_split
+from taskzoo.task import Labels, Task, label_details
+from taskzoo.helpers.timm_weights import load_matching, positional_state_dict
 from taskzoo_segmentation.data import DEFAULT_COLOURS, Classes, SegmentationData, image_array, mask_array, read_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,6 +76,12 @@ class SegmentationTask(Task):
     _architecture: str = "unet"
     _encoder: str = "efficientnet_lite0"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A few evaluated images and the data they came from, for the pictures report() draws.
+        self._previews: dict[int, Any] = {}
+        self._last_data: SegmentationData | None = None
+
     @property
     def image_size(self) -> int:
         return int(self.options.get("image_size") or 256)
@@ -89,9 +94,9 @@ class SegmentationTask(Task):
             raise DataError(f"{path}/classes.yaml: classes {data.classes.names} differ from the model's {list(labels)}")
         return data
 
-    def labels(self, data: SegmentationData) -> list[str]:
-        self._data_classes = data.classes  # colours and ignore index travel with the names
-        return list(data.classes.names)
+    def labels(self, data: SegmentationData) -> Labels:
+        # Colours and the ignore index travel with the names, to build_model.
+        return Labels(data.classes.names, colours=data.classes.colours, ignore_index=data.classes.ignore_index)
 
     def split(self, data: SegmentationData, *, val_fraction: float, seed: int) -> tuple[SegmentationData, SegmentationData]:
         if data.val is not None:
@@ -119,17 +124,16 @@ class SegmentationTask(Task):
         self._encoder = backbone.location.removeprefix("timm/") if backbone.source == "timm" else backbone.name
         pretrained = not self.options.get("no_pretrained")
         if backbone.source == "timm" and pretrained and not (available_offline(backbone) or hub_reachable()):
-            offline = [b.name for b in get_host().backbones(self.name) if available_offline(b)]
             raise UserError(f"backbone '{backbone.name}': its timm weights are not cached and the hub cannot be "
-                            f"reached (no network?); backbones that work offline: {', '.join(offline)}")
+                            f"reached (no network?); backbones that work offline: {', '.join(self.context.offline_backbones)}")
         if backbone.source not in ("timm", "package"):
             raise UserError(f"backbone '{backbone.name}': segmentation takes timm encoders; see 'tasks backbones segmentation'")
         network = self._network(self._architecture, self._encoder, len(labels), pretrained and backbone.source == "timm")
         if pretrained and backbone.source == "package":
             load_matching(network.encoder.model, positional_state_dict(Path(locate(backbone)), backbone.name))
-        found = getattr(self, "_data_classes", None)
-        colours = found.colours if found else [tuple(c) for c in DEFAULT_COLOURS[: len(labels)]]
-        self._classes = Classes(list(labels), colours, found.ignore_index if found else None, True)
+        details = label_details(labels)
+        colours = details.get("colours") or [tuple(c) for c in DEFAULT_COLOURS[: len(labels)]]
+        self._classes = Classes(list(labels), colours, details.get("ignore_index"), True)
         return Segmenter(network, self.options.get("loss") or "ce+dice", self._classes.ignore_index)
 
     @property
@@ -171,7 +175,7 @@ class SegmentationTask(Task):
         return [{"index": index, "logits": output[row].float().cpu()} for row, index in enumerate(indices)]
 
     def _keep_preview(self, index: int, mask: torch.Tensor) -> None:
-        previews = self.__dict__.setdefault("_previews", {})
+        previews = self._previews
         if len(previews) < 6 or index in previews:
             previews[index] = mask.to(torch.uint8).cpu().numpy()
 
@@ -201,6 +205,22 @@ class SegmentationTask(Task):
 
     # -- outputs ---------------------------------------------------------------------------------
 
+    def records(self, data: SegmentationData, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per image: the class-id mask at the image's own size, each class's share of the pixels, and
+        the mean probability of the chosen class (how sure the model is of the mask)."""
+        records = []
+        for item in sorted(predictions, key=lambda p: p["index"]):
+            path = data.images[item["index"]]
+            width, height = data.sizes[item["index"]]
+            logits = torch.nn.functional.interpolate(item["logits"][None], size=(height, width), mode="bilinear",
+                                                     align_corners=False)[0]
+            confidence, mask = logits.softmax(0).max(0)
+            mask = mask.to(torch.uint8).numpy()
+            shares = np.bincount(mask.ravel(), minlength=len(self._classes.names)) / mask.size
+            records.append({"image": str(path), "mask": mask, "score": round(float(confidence.mean()), 4),
+                            "classes": {n: round(float(v), 6) for n, v in zip(self._classes.names, shares) if v > 0}})
+        return records
+
     def write_predictions(self, data: SegmentationData, predictions: list[dict[str, Any]], output: Path | None) -> str:
         from PIL import Image
 
@@ -209,11 +229,8 @@ class SegmentationTask(Task):
         output.mkdir(parents=True, exist_ok=True)
         palette = np.array(self._classes.colours + [(0, 0, 0)] * (256 - len(self._classes.colours)), dtype=np.uint8)
         lines = []
-        for item in sorted(predictions, key=lambda p: p["index"]):
-            path = data.images[item["index"]]
-            width, height = data.sizes[item["index"]]
-            logits = torch.nn.functional.interpolate(item["logits"][None], size=(height, width), mode="bilinear", align_corners=False)
-            mask = logits[0].argmax(0).to(torch.uint8).numpy()
+        for record in self.records(data, predictions):
+            path, mask = Path(record["image"]), record["mask"]
             indexed = Image.fromarray(mask, mode="L").convert("P")
             indexed.putpalette(palette.ravel().tolist())
             indexed.save(output / f"{path.stem}.png")
@@ -221,8 +238,8 @@ class SegmentationTask(Task):
             coloured = palette[mask].astype(np.float32)
             blend = np.where(mask[..., None] > 0, 0.55 * photo + 0.45 * coloured, photo)
             Image.fromarray(blend.clip(0, 255).astype(np.uint8)).save(output / f"{path.stem}_overlay.png")
-            shares = np.bincount(mask.ravel(), minlength=len(self._classes.names)) / mask.size
-            lines.append(f"{path.name}: " + ", ".join(f"{n} {s:.1%}" for n, s in zip(self._classes.names, shares) if s > 0))
+            lines.append(f"{path.name}: " + ", ".join(f"{n} {s:.1%}" for n, s in record["classes"].items())
+                         + f" (confidence {record['score']:.2f})")
         return "\n".join(lines)
 
     def report(self, folder: Path, metrics: Mapping[str, Any]) -> list[Path]:
@@ -236,8 +253,8 @@ class SegmentationTask(Task):
             title = "Pixels" + (f" (mean IoU {metrics['mean_iou']:.3f})" if "mean_iou" in metrics else "")
             pictures.append(plot_confusion_matrix(metrics["confusion_matrix"], self.labels_of_model,
                                                   folder / "confusion_matrix.png", title))
-        previews = getattr(self, "_previews", {})
-        data = getattr(self, "_last_data", None)
+        previews = self._previews
+        data = self._last_data
         if previews and data is not None and data.masks is not None:
             pictures.append(self._preview_grid(data, previews, folder / "predictions.png"))
         return pictures

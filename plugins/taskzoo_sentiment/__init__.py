@@ -32,6 +32,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("max-length", "Truncate texts to this many tokens (default: the backbone's maximum).",
                        type=int, commands=("run",)),
                 Option("text", "A text to label; repeat for several.", multiple=True, commands=("predict",)),
+                Option("all-scores", "Also give every label's probability (a score_LABEL column; .jsonl files "
+                       "always hold them under 'scores').", type=bool, default=False, commands=("predict",),
+                       remember=False),
             ),
             # 32 + 12 reviews from examples/reviews.csv: enough to prove the task end to end.
             sample=SampleData(

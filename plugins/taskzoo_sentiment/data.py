@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import DataError, Finding
-from taskzoo.tables import find_column, is_number, read_table, read_text
+from taskzoo.helpers.tables import find_column, is_number, read_table, read_text
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content", "body", "comment", "review_text", "document", "tweet", "message")
 LABEL_COLUMNS = ("label", "sentiment", "stars", "rating", "class", "polarity", "target", "category")

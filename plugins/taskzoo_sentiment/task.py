@@ -10,15 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.batching import LongestFirstSampler, SeededLengthGroupedSampler
-from taskzoo.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
-from taskzoo.plots import plot_confusion_matrix
-from taskzoo.tables import delimited_text, json_lines_text, write_or_return
+from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
+from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
+from taskzoo.helpers.plots import plot_confusion_matrix
+from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
-from taskzoo.splits import stratified_split
+from taskzoo.helpers.splits import stratified_split
 from taskzoo_sentiment.data import TextData, read_texts, sort_labels
 
 class SentimentTask(Task):
+    inline_input = "text"
     tokenizer: Any = None
     _labels: list[str] | None = None
 
@@ -120,26 +121,39 @@ class SentimentTask(Task):
 
     # -- outputs ---------------------------------------------------------------------------------
 
-    def write_predictions(self, data: TextData, predictions: list[dict[str, Any]], output: Path | None) -> str:
-        by_index = sorted(predictions, key=lambda p: p["index"])
+    def records(self, data: TextData, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each input row with its predicted label, that label's probability and every label's."""
         labels = self.labels_of_model
-        rows = []
-        for p in by_index:
+        records = []
+        for p in sorted(predictions, key=lambda p: p["index"]):
             record = dict(data.records[p["index"]]) if data.records else {data.text_column: data.texts[p["index"]]}
             record["prediction"] = labels[p["label"]]
             record["score"] = round(p["score"], 6)
-            rows.append((p, record))
+            record["scores"] = {labels[i]: round(v, 6) for i, v in enumerate(p["probs"])}
+            records.append({"row": data.rows[p["index"]], **record})
+        return records
+
+    def write_predictions(self, data: TextData, predictions: list[dict[str, Any]], output: Path | None) -> str:
+        records = self.records(data, predictions)
+        all_scores = bool(self.options.get("all_scores"))
         if output is None and data.path == Path("--text"):
-            return "\n".join(f"{r['prediction']}\t{r['score']:.4f}\t{data.texts[p['index']]}" for p, r in rows)
+            lines = []
+            for record in records:
+                line = f"{record['prediction']}\t{record['score']:.4f}\t{record['text']}"
+                if all_scores:
+                    line += "\t" + " ".join(f"{label}={value:.4f}" for label, value in record["scores"].items())
+                lines.append(line)
+            return "\n".join(lines)
         suffix = output.suffix.lower() if output else ".csv"
         if suffix in (".jsonl", ".json"):
-            text = json_lines_text(
-                {**r, "row": data.rows[p["index"]], "scores": {labels[i]: round(v, 6) for i, v in enumerate(p["probs"])}}
-                for p, r in rows
-            )
+            text = json_lines_text(records)
         elif suffix in (".csv", ".tsv"):
-            fields = list(rows[0][1]) if rows else ["prediction", "score"]
-            text = delimited_text((r for _, r in rows), fields, tabs=suffix == ".tsv")
+            # One column per label with --all-scores; the row number stays out, as it was read.
+            rows = [{**{k: v for k, v in r.items() if k not in ("row", "scores")},
+                     **({f"score_{label}": value for label, value in r["scores"].items()} if all_scores else {})}
+                    for r in records]
+            fields = list(rows[0]) if rows else ["prediction", "score"]
+            text = delimited_text(rows, fields, tabs=suffix == ".tsv")
         else:
             raise UserError(f"--output {output}: unknown file type; use .csv, .tsv or .jsonl")
         return write_or_return(text, output)

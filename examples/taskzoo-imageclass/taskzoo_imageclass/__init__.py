@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo import BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+
+from taskzoo.sources import TIMM
 
 __version__ = "0.1.0"
 
@@ -80,3 +82,9 @@ def taskzoo_check_data(task: str, data: Any) -> list[Finding] | None:
     from taskzoo_imageclass.data import check
 
     return check(data)
+
+
+@hookimpl
+def taskzoo_backbone_sources() -> list[BackboneSource]:
+    # resnet18 below comes from timm, a source the bundled vision plugins register too: the same record.
+    return [TIMM]

@@ -1,6 +1,6 @@
 """The image classification task: a timm network with a fresh head, trained by taskzoo's shared
 trainer. The default backbone's ImageNet weights come from a Python package, through the same
-`taskzoo.timm_weights` helper the bundled vision tasks use, so nothing is downloaded."""
+`taskzoo.helpers.timm_weights` helper the bundled vision tasks use, so nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.backbones import available_offline, hub_reachable, locate
-from taskzoo.plugins import get_host
-from taskzoo.splits import stratified_split
+from taskzoo.weights import available_offline, hub_reachable, locate
+from taskzoo.helpers.splits import stratified_split
 from taskzoo.task import Task
-from taskzoo.timm_weights import load_matching, positional_state_dict
+from taskzoo.helpers.timm_weights import load_matching, positional_state_dict
 from taskzoo_imageclass.data import ImageSet, read_labelled, read_unlabelled
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,7 +101,7 @@ class ImageClassTask(Task):
         if backbone.source not in ("package", "timm"):
             raise UserError(f"backbone '{backbone.name}': imageclass takes timm models; see 'tasks backbones imageclass'")
         if backbone.source == "timm" and not (available_offline(backbone) or hub_reachable()):
-            offline = [b.name for b in get_host().backbones(self.name) if available_offline(b)]
+            offline = self.context.offline_backbones
             raise UserError(f"backbone '{backbone.name}': its timm weights are not cached and the hub cannot be "
                             f"reached (no network?); backbones that work offline: {', '.join(offline)}")
         self._architecture = backbone.location.removeprefix("timm/") if backbone.source == "timm" else backbone.name

@@ -9,9 +9,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from taskzoo.backbones import load_from_hub, locate
+from taskzoo.weights import load_from_hub, locate
 from taskzoo.errors import UserError
-from taskzoo.plugins import get_host
 from taskzoo.specs import BackboneSpec
 
 T = TypeVar("T")
@@ -38,7 +37,7 @@ def load_pretrained(backbone: BackboneSpec, load: Callable[[str, bool], T]) -> T
     """
     quiet_transformers()
     if backbone.source == "hub":
-        return load_from_hub(get_host(), backbone, load)
+        return load_from_hub(backbone, load)
     location = locate(backbone)
     try:
         return load(location, True)

