@@ -211,7 +211,7 @@ def test_evaluate_and_predict_with_task_options(runner, toy, tmp_path):
     assert predicted.exit_code == 0, predicted.output
     assert predicted.stdout.splitlines()[:1] in (["left"], ["right"]) and len(predicted.stdout.splitlines()) == 200
     wrong = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy), "--colour", "red"])
-    assert wrong.exit_code == 2 and "No such option '--colour'" in wrong.output
+    assert wrong.exit_code == 2 and "error: tasks predict: no option --colour; did you mean --flavour?" in wrong.output
 
 
 def test_warmup_then_linear_and_cosine_decay():
