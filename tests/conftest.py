@@ -60,7 +60,7 @@ def review_split(review_rows, tmp_path_factory) -> tuple[Path, Path]:
     random.Random(7).shuffle(rows)
     folder = tmp_path_factory.mktemp("reviews")
     train = write_csv(folder / "train.csv", ["review", "sentiment"], rows[:240])
-    test = write_csv(folder / "test.csv", ["review", "sentiment"], rows[300:400])
+    test = write_csv(folder / "test.csv", ["review", "sentiment"], rows[240:320])
     return train, test
 
 

@@ -224,7 +224,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected a mapping of option names to values")
-    document.pop("resolved", None)
+    if document.pop("resolved", None) is not None:
+        # A run's own config.yaml: repeat the run, into a new folder rather than over it.
+        document.pop("output", None)
     document.pop("task", None)
     values = {key(str(k)): v for k, v in document.items()}
     for name in _NOT_IN_CONFIG_FILES & set(values):

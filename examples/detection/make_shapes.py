@@ -1,5 +1,5 @@
 """Builds examples/detection/shapes/: circles, squares and triangles painted on crops of scikit-image's
-photographs (public domain), labelled twice with the same boxes: COCO JSON (train.json, val.json)
+photographs (public domain), labelled twice with the same boxes: COCO JSON (train.json, val.json, test.json)
 and the YOLO layout (dataset.yaml, labels/). Some images hold no shape at all (negatives).
 Run from the repository root: python examples/detection/make_shapes.py
 """
@@ -74,8 +74,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     make_split("train", 72, rng)
     make_split("val", 24, rng)
+    make_split("test", 16, rng)  # held out: for tasks evaluate and predict, never trained or validated on
     (OUT / "dataset.yaml").write_text(
-        "# YOLO layout: the same boxes as train.json / val.json\npath: .\ntrain: images/train\nval: images/val\n"
+        "# YOLO layout: the same boxes as train.json / val.json / test.json\npath: .\ntrain: images/train\n"
+        "val: images/val\ntest: images/test\n"
         "names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(CATEGORIES))
     )
 
