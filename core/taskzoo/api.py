@@ -101,7 +101,7 @@ class Run:
             given[inline] = list(data)
         with _progress.shown(self.progress):
             loaded = self._load("predict", given)
-            return pipeline.predict(self.folder, path, given, loaded=loaded).records
+            return pipeline.predict(self.folder, path, given, loaded=loaded, as_text=False).records
 
     def evaluate(self, data: PathArg, *, output: PathArg | None = None, batch_size: int | None = None,
                  device: str = "auto", **task_options: Any) -> dict[str, Any]:

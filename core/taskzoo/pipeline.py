@@ -320,8 +320,11 @@ class Prediction:
     size: int
 
 
-def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: Loaded | None = None) -> Prediction:
-    """Predict with a finished run, from ``data`` or the task's inline options (``text``)."""
+def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: Loaded | None = None,
+            *, as_text: bool = True) -> Prediction:
+    """Predict with a finished run, from ``data`` or the task's inline options (``text``). The
+    predictions are written to ``given["output"]``, or made into text for the screen when
+    ``as_text``; the records are returned either way."""
     from taskzoo.trainer import predict_all
 
     loaded = loaded or load(folder, "predict", given)
@@ -333,5 +336,5 @@ def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: L
     model, loader = loaded.accelerator.prepare(loaded.model, loader)
     predictions = predict_all(loaded.accelerator, model, loader, task)
     output = given.get("output")
-    text = task.write_predictions(inputs, predictions, Path(output) if output else None)
+    text = task.write_predictions(inputs, predictions, Path(output) if output else None) if output or as_text else ""
     return Prediction(task.records(inputs, predictions), text, task.size(inputs))
