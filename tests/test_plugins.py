@@ -258,3 +258,53 @@ def test_cli_disable_plugin_turns_one_off_and_an_unknown_name_exits_2(runner, us
     result = runner.invoke(cli, ["--disable-plugin", "nosuch", "list"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --disable-plugin nosuch: no plugin of that name; plugins: a, b"
+
+
+def test_a_plugin_brings_a_backbone_source_the_core_never_heard_of(tmp_path, runner, use_host):
+    from taskzoo import BackboneSource, BackboneSpec
+    from taskzoo.weights import available_offline, locate
+
+    zoo = tmp_path / "zoo"
+    (zoo / "small").mkdir(parents=True)
+    source = BackboneSource("modelzoo", "Our model registry", locate=lambda b: str(zoo / b.location),
+                            available_offline=lambda b: (zoo / b.location).is_dir())
+    plugin = module_with(
+        "zooplugin",
+        taskzoo_tasks=lambda: [task_spec("good")],
+        taskzoo_backbone_sources=lambda: [source],
+        taskzoo_backbones=lambda: [BackboneSpec("small", "good", "modelzoo", "small", "MIT", default=True),
+                                   BackboneSpec("large", "good", "modelzoo", "large", "MIT")],
+    )
+    host = use_host(entry_points=[FakeEntryPoint("zooplugin", plugin)], registry_path=None)
+    assert set(host.sources()) == {"package", "hub", "local", "modelzoo"}
+    small, large = sorted(host.backbones("good"), key=lambda b: b.name != "small")
+    assert locate(small) == str(zoo / "small") and available_offline(small) and not available_offline(large)
+    listed = runner.invoke(cli, ["backbones", "good", "--json"]).output
+    assert {b["name"]: b["offline_now"] for b in json.loads(listed)} == {"small": True, "large": False}
+
+
+def test_two_plugins_share_a_source_only_when_it_is_the_same_record(use_host):
+    from taskzoo import BackboneSource
+    from taskzoo.sources import TIMM
+
+    other_timm = BackboneSource("timm", "Another idea of timm", downloads=False)
+    first = module_with("first", taskzoo_backbone_sources=lambda: [TIMM])
+    same = module_with("same", taskzoo_backbone_sources=lambda: [TIMM])
+    clash = module_with("clash", taskzoo_backbone_sources=lambda: [other_timm])
+    # Loaded in name order: the first to register a name owns it.
+    plugins = (("a_first", first), ("b_same", same), ("c_clash", clash))
+    host = use_host(entry_points=[FakeEntryPoint(n, m) for n, m in plugins], registry_path=None)
+    assert host.sources()["timm"] == TIMM and host.sources()["timm"].downloads
+    errors = {info.name: info.errors for info in host.plugins()}
+    assert errors["a_first"] == errors["b_same"] == []
+    assert errors["c_clash"] == ["backbone source 'timm' refused: plugin 'a_first' already provides another"]
+
+
+def test_an_offline_backbone_from_a_downloading_source_is_refused(use_host):
+    from taskzoo import BackboneSpec
+
+    plugin = module_with("liar", taskzoo_tasks=lambda: [task_spec("good")],
+                         taskzoo_backbones=lambda: [BackboneSpec("b", "good", "hub", "org/model", "MIT", offline=True)])
+    host = use_host(entry_points=[FakeEntryPoint("liar", plugin)], registry_path=None)
+    assert host.backbones("good") == []
+    assert host.plugins()[0].errors == ["backbone 'b' refused: source 'hub' downloads, so it cannot be offline"]

@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+__all__ = ["SeededLengthGroupedSampler", "LongestFirstSampler"]
+
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """transformers' length-grouped shuffling, reseeded each epoch (``set_epoch``) so every process

@@ -13,6 +13,17 @@ from taskzoo.weights import load_from_hub, locate
 from taskzoo.errors import UserError
 from taskzoo.specs import BackboneSpec
 
+__all__ = [
+    "TOKEN_FIELDS",
+    "TransformersAdapter",
+    "build_classifier",
+    "load_classifier",
+    "load_pretrained",
+    "quiet_transformers",
+    "save_classifier",
+    "token_limit",
+]
+
 T = TypeVar("T")
 
 TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+__all__ = ["plot_confusion_matrix", "plot_training_curves"]
+
 
 def _pyplot():
     import matplotlib

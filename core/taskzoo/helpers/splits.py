@@ -8,6 +8,8 @@ from collections.abc import Hashable, Sequence
 
 from taskzoo.errors import DataError
 
+__all__ = ["random_split", "stratified_split"]
+
 
 def _check_fraction(val_fraction: float) -> None:
     if not 0 < val_fraction < 1:

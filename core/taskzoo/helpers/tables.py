@@ -13,6 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from taskzoo.errors import DataError
 
+__all__ = [
+    "TABLE_FORMATS",
+    "delimited_text",
+    "find_column",
+    "is_number",
+    "json_lines",
+    "json_lines_text",
+    "read_table",
+    "read_text",
+    "write_or_return",
+]
+
 if TYPE_CHECKING:
     import pandas as pd
 

@@ -17,6 +17,8 @@ import torch
 
 from taskzoo.errors import UserError
 
+__all__ = ["load_matching", "positional_state_dict"]
+
 
 def positional_state_dict(weights_file: Path, architecture: str) -> OrderedDict[str, torch.Tensor]:
     """The file's tensors renamed, in order, to timm ``architecture``'s full (classifier) names."""
