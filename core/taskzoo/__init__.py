@@ -15,8 +15,7 @@ from taskzoo.api import Run, backbones, check, load, tasks, train
 from taskzoo.errors import DataError, UserError
 from taskzoo.hookspecs import hookimpl
 from taskzoo.specs import BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec
-
-__version__ = "0.1.0"
+from taskzoo.version import __version__
 
 __all__ = [
     # using taskzoo

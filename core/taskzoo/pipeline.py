@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import taskzoo
 from taskzoo import options as schema
 from taskzoo import runs
 from taskzoo.errors import UserError
 from taskzoo.plugins import PluginHost, get_host
 from taskzoo.specs import BackboneSpec, Finding, TaskSpec
 from taskzoo.task import FinishedRun, Task, TaskContext, task_class
+from taskzoo.version import __version__
 
 Notify = Callable[[str, str], None]
 
@@ -163,7 +163,7 @@ def _run_config(prepared: Prepared, run_dir: Path) -> dict[str, Any]:
         "backbone": backbone.name,
         "output": str(run_dir),
         "resolved": {
-            "taskzoo_version": taskzoo.__version__,
+            "taskzoo_version": __version__,
             "plugin": spec.plugin,
             "backbone": {"name": backbone.name, "source": backbone.source, "location": backbone.location,
                          "licence": backbone.licence, "params": backbone.params},
@@ -209,7 +209,7 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
             runs.write_json(run_dir / "labels.json", list(prepared.labels))
             plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png", spec.main_metric)
             task.report(run_dir, summary["val"])
-            card_config = {**config, "taskzoo_version": taskzoo.__version__, "backbone": config["resolved"]["backbone"]}
+            card_config = {**config, "taskzoo_version": __version__, "backbone": config["resolved"]["backbone"]}
             runs.write_model_card(run_dir, card_config, summary, task.model_card_usage(run_dir))
             runs.finish_run(run_dir, "complete")
     except BaseException:

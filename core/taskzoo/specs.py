@@ -110,11 +110,7 @@ class TaskSpec:
 
     def problems(self) -> list[str]:
         """What makes this record unusable, one sentence each; empty when it is well-formed."""
-        found = []
-        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
-            found.append(f"name {self.name!r} must be lowercase letters, digits, '-' or '_', starting with a letter")
-        if not isinstance(self.description, str) or not self.description.strip():
-            found.append("description must be a non-empty string")
+        found = _name_and_description_problems(self.name, self.description)
         if not _strings(self.data_formats):
             found.append(f"data_formats must be a non-empty tuple of strings, got {self.data_formats!r}")
         module, colon, class_name = self.task_class.partition(":") if isinstance(self.task_class, str) else ("", "", "")
@@ -190,11 +186,7 @@ class BackboneSource:
 
     def problems(self) -> list[str]:
         """What makes this record unusable, one sentence each; empty when it is well-formed."""
-        found = []
-        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
-            found.append(f"name {self.name!r} must be lowercase letters, digits, '-' or '_', starting with a letter")
-        if not isinstance(self.description, str) or not self.description.strip():
-            found.append("description must be a non-empty string")
+        found = _name_and_description_problems(self.name, self.description)
         for hook in ("locate", "available_offline"):
             if getattr(self, hook) is not None and not callable(getattr(self, hook)):
                 found.append(f"{hook} must be a function (backbone) -> value, or None")
@@ -250,6 +242,15 @@ class Finding:
     level: Literal["info", "warning", "error"]
     message: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _name_and_description_problems(name: Any, description: Any) -> list[str]:
+    found = []
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        found.append(f"name {name!r} must be lowercase letters, digits, '-' or '_', starting with a letter")
+    if not isinstance(description, str) or not description.strip():
+        found.append("description must be a non-empty string")
+    return found
 
 
 def _strings(value: Any, *, allow_empty: bool = False) -> bool:
