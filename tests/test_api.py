@@ -275,3 +275,56 @@ def test_toy_run_from_python_predicts_as_the_cli(toy, runner, tmp_path):
     labels = json.loads((run.folder / "labels.json").read_text())
     assert [labels[r["label"]] for r in records] == printed.stdout.splitlines()
     assert run.evaluate(toy)["accuracy"] == pytest.approx(run.metrics["best"], abs=0.1)
+
+
+def test_evaluate_output_folders_never_mix_two_files_of_one_name(toy, runner, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    other = tmp_path / "other" / "points.csv"
+    other.parent.mkdir()
+    other.write_text(toy.read_text())
+    for data in (toy, other, toy):
+        result = runner.invoke(cli, ["evaluate", "--model", str(run.folder), "--data", str(data)])
+        assert result.exit_code == 0, result.output
+    folders = sorted(p.name for p in run.folder.glob("eval-*"))
+    assert folders == ["eval-points", "eval-points-2"]
+    assert json.loads((run.folder / "eval-points-2" / "metrics.json").read_text())["data"] == str(other)
+    chosen = tmp_path / "scores"
+    result = runner.invoke(cli, ["evaluate", "--model", str(run.folder), "--data", str(toy), "--output", str(chosen)])
+    assert result.exit_code == 0 and result.output.strip().endswith(f"evaluation folder: {chosen}")
+    assert json.loads((chosen / "metrics.json").read_text())["accuracy"] >= 0
+
+
+def test_an_older_run_folder_still_loads(toy, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    config = yaml.safe_load((run.folder / "config.yaml").read_text())
+    # What an earlier taskzoo wrote: no 'json'/'model' keys ever, an option since retired, no resolved section.
+    config.pop("resolved")
+    config["retired_option"] = 3
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(config))
+    again = taskzoo.load(run.folder)
+    assert again.evaluate(toy)["accuracy"] >= 0 and len(again.predict(toy)) == 200
+
+
+def test_an_unfinished_run_names_the_command_that_finishes_it(toy, runner, tmp_path):
+    from taskzoo import runs
+
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    runs.finish_run(run.folder, "failed")
+    message = cli_error(runner, ["predict", "--model", run.folder, "--data", toy])
+    assert message == f"--model {run.folder}: the run is 'failed', not complete; " \
+                      f"finish it with: tasks run toy --resume {run.folder}"
+    with pytest.raises(taskzoo.UserError) as raised:
+        taskzoo.load(run.folder)
+    assert str(raised.value) == message
+
+
+def test_a_runs_own_config_repeats_it_into_a_new_folder(toy, runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = taskzoo.train("toy", data=toy, output="first", epochs=2, lr=0.05, progress=False)
+    result = runner.invoke(cli, ["run", "toy", "--config", str(first.folder / "config.yaml")])
+    assert result.exit_code == 0, result.output
+    folder = Path(result.output.strip().splitlines()[-1].removeprefix("run folder: "))
+    assert folder != first.folder and folder.parent == Path("runs")
+    again = taskzoo.load(folder)
+    assert (again.config["epochs"], again.config["lr"]) == (2, 0.05)
+    assert again.metrics["history"][-1]["val"] == first.metrics["history"][-1]["val"]

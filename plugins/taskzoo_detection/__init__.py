@@ -33,8 +33,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("val-images", "Image folder for --val when it differs from --images.", remember=False),
                 Option("arch", "Detector for timm backbones (transformers checkpoints bring their own).",
                        choices=("fasterrcnn", "fcos", "retinanet"), default="fasterrcnn", commands=("run",)),
-                Option("image-size", "Longest image side the detector works at (timm backbones).", type=int,
-                       default=512, commands=("run",)),
+                Option("image-size", "Longest image side the detector works at (timm backbones); images keep their "
+                       "shape (segmentation's --image-size is a square side instead).", type=int, default=512,
+                       minimum=32, commands=("run",)),
                 Option("no-pretrained", "Start the backbone from random weights (to see what pretraining buys).",
                        type=bool, default=False, commands=("run",)),
                 Option("score-threshold", "Keep detections scoring at least this in the output and pictures.",

@@ -25,12 +25,12 @@ def taskzoo_tasks() -> list[TaskSpec]:
             main_metric="f1",
             defaults={"epochs": 8, "lr": 2e-4, "batch_size": 16},
             options=(
-                Option("tag-column", "CoNLL column (1-based) holding the tag (default: the last).", type=int,
+                Option("tag-column", "CoNLL column (1-based) holding the tag (default: the last).", type=int, minimum=1,
                        commands=("run", "check", "evaluate")),
                 Option("tag-scheme", "Tag scheme of the files (default: detected).", choices=("auto", "iob2", "iob1", "bioes"),
                        default="auto", commands=("run", "check", "evaluate")),
                 Option("max-length", "Sub-word tokens per window; longer sentences are split into windows "
-                       "(default: the backbone's maximum).", type=int, commands=("run",)),
+                       "(default: the backbone's maximum).", type=int, minimum=8, commands=("run",)),
                 Option("text", "A text to find entities in; repeat for several.", multiple=True, commands=("predict",)),
             ),
             # 40 + 12 sentences from examples/ner (synthetic clinical notes, CC0).

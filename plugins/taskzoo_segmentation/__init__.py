@@ -29,8 +29,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
             options=(
                 Option("arch", "Network architecture.", choices=("unet", "unetplusplus", "fpn", "deeplabv3plus",
                        "linknet", "manet", "pspnet", "segformer"), default="unet", commands=("run",)),
-                Option("image-size", "Side of the square the images are resized and cropped to.", type=int,
-                       default=256, commands=("run",)),
+                Option("image-size", "Side of the square the images are resized and cropped to (detection's "
+                       "--image-size is the longest side instead).", type=int, default=256, minimum=32,
+                       commands=("run",)),
                 Option("loss", "Training loss.", choices=("ce", "dice", "ce+dice"), default="ce+dice", commands=("run",)),
                 Option("no-pretrained", "Start the encoder from random weights (to see what pretraining buys).",
                        type=bool, default=False, commands=("run",)),

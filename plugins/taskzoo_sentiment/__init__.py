@@ -30,7 +30,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("label-column", "Column holding the label (default: detected, e.g. label/sentiment/stars).",
                        commands=("run", "check", "evaluate")),
                 Option("max-length", "Truncate texts to this many tokens (default: the backbone's maximum).",
-                       type=int, commands=("run",)),
+                       type=int, minimum=8, commands=("run",)),
                 Option("text", "A text to label; repeat for several.", multiple=True, commands=("predict",)),
                 Option("all-scores", "Also give every label's probability (a score_LABEL column; .jsonl files "
                        "always hold them under 'scores').", type=bool, default=False, commands=("predict",),
