@@ -277,6 +277,21 @@ def test_toy_run_from_python_predicts_as_the_cli(toy, runner, tmp_path):
     assert run.evaluate(toy)["accuracy"] == pytest.approx(run.metrics["best"], abs=0.1)
 
 
+def test_a_loaded_run_loads_its_model_once(toy, tmp_path, monkeypatch):
+    from toy_plugin import ToyTask
+
+    taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    loads = []
+    original = ToyTask.load
+    monkeypatch.setattr(ToyTask, "load", lambda self, folder: loads.append(folder) or original(self, folder))
+    run = taskzoo.load(tmp_path / "run")
+    first = run.predict(toy, flavour="sweet")
+    assert run.predict(toy) == first and run.evaluate(toy)["accuracy"] >= 0
+    assert len(loads) == 1
+    run.predict(toy, device="cpu")  # another device: loaded again, there
+    assert len(loads) == 2
+
+
 def test_evaluate_output_folders_never_mix_two_files_of_one_name(toy, runner, tmp_path):
     run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
     other = tmp_path / "other" / "points.csv"

@@ -69,12 +69,13 @@ class Run:
 
         spec = get_host().task(self.task)
         schema.check_names(given, schema.for_command(spec, command), f"Run.{command} (a {spec.name} run)")
-        # The model does not depend on prediction-time options; the task instance does.
-        key = (command, json.dumps({k: str(v) for k, v in sorted(given.items())}))
-        if key not in self._loaded:
-            self._loaded.clear()
-            self._loaded[key] = pipeline.load(self.folder, command, given)
-        return self._loaded[key]
+        # The model is loaded once per device; each call sets its own options on the task.
+        device = given.get("device", "auto")
+        if self._loaded.get("device") != device:
+            self._loaded = {"device": device, "run": pipeline.load(self.folder, command, given)}
+        else:
+            pipeline.use_options(self._loaded["run"], command, given)
+        return self._loaded["run"]
 
     def predict(self, data: PathArg | Sequence[str] | None = None, *, output: PathArg | None = None,
                 batch_size: int | None = None, device: str = "auto", **task_options: Any) -> list[dict[str, Any]]:

@@ -234,14 +234,16 @@ def resume_layer(spec: TaskSpec, folder: Path) -> dict[str, Any]:
 
 @dataclass
 class Loaded:
-    """A finished run's task with its model loaded, ready to evaluate or predict."""
+    """A finished run's task with its model loaded, ready to evaluate or predict (again and again:
+    `use_options` sets the options of the next call without loading the model again)."""
 
     spec: TaskSpec
     config: dict[str, Any]
     task: Task
     model: Any
     accelerator: Any
-    batch_size: int
+    run_options: dict[str, Any]
+    batch_size: int = 0
 
 
 def load(folder: Path, command: str, given: Mapping[str, Any]) -> Loaded:
@@ -253,14 +255,24 @@ def load(folder: Path, command: str, given: Mapping[str, Any]) -> Loaded:
     config = runs.open_run(folder)
     spec = get_host().task(config["task"])
     values = schema.resolve(spec, command, [(f"tasks {command} (a {spec.name} run)", given)])
-    task_values = {option.key: option.default for option in spec.options}
-    task_values.update(schema.remembered(spec, config))
-    task_values.update({k: values[k] for k in given if k in task_values and values.get(k) is not None})
-    task = make_task(spec, task_values)
+    run_options = {option.key: option.default for option in spec.options}
+    run_options.update(schema.remembered(spec, config))
+    task = make_task(spec, run_options)
     model = task.load(folder / "model")
-    batch_size = values["batch_size"] if given.get("batch_size") else 2 * int(config.get("batch_size") or 16)
-    accelerator = make_accelerator(values["device"], "no")
-    return Loaded(spec, config, task, model, accelerator, batch_size)
+    loaded = Loaded(spec, config, task, model, make_accelerator(values["device"], "no"), run_options)
+    use_options(loaded, command, given)
+    return loaded
+
+
+def use_options(loaded: Loaded, command: str, given: Mapping[str, Any]) -> None:
+    """Check ``given`` for ``tasks COMMAND`` and make them the options of the next call: the task's
+    own over what the run remembers, and the batch size (default twice the run's)."""
+    spec = loaded.spec
+    values = schema.resolve(spec, command, [(f"tasks {command} (a {spec.name} run)", given)])
+    options = dict(loaded.run_options)
+    options.update({k: values[k] for k in given if k in options and values.get(k) is not None})
+    loaded.task.options = options
+    loaded.batch_size = values["batch_size"] if given.get("batch_size") else 2 * int(loaded.config.get("batch_size") or 16)
 
 
 def evaluation_folder(run: Path, data: Path, output: Path | None) -> Path:
