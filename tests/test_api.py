@@ -343,3 +343,14 @@ def test_a_runs_own_config_repeats_it_into_a_new_folder(toy, runner, tmp_path, m
     again = taskzoo.load(folder)
     assert (again.config["epochs"], again.config["lr"]) == (2, 0.05)
     assert again.metrics["history"][-1]["val"] == first.metrics["history"][-1]["val"]
+
+
+def test_resume_and_progress_from_python(toy, tmp_path, capsys):
+    first = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    quiet = capsys.readouterr()
+    assert "epoch 1" not in quiet.out + quiet.err
+    resumed = taskzoo.train("toy", resume=first.folder, epochs=3)
+    shown = capsys.readouterr()
+    assert "epoch 2:" in shown.out + shown.err and "epoch 1:" not in shown.out + shown.err
+    assert resumed.folder == first.folder and [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3]
+    assert resumed.config["data"] == str(toy)

@@ -53,7 +53,7 @@ def test_check_summarises_the_example_reviews(runner):
     result = runner.invoke(cli, ["check", "sentiment", "--data", str(EXAMPLE_REVIEWS)])
     assert result.exit_code == 0, result.output
     assert "320 usable rows; text column 'review', label column 'sentiment'" in result.output
-    assert "classes (2): negative 200, positive 200" in result.output
+    assert "classes (2): negative 160, positive 160" in result.output
     assert "ready for 'tasks run sentiment'" in result.output
 
 

@@ -146,3 +146,31 @@ def test_hub_id_in_the_local_hugging_face_cache_trains_without_network(review_ro
     assert resolved["backbone"] == {"name": "someone/minilm-copy", "source": "hub", "location": "someone/minilm-copy",
                                     "licence": "see its model card", "params": None}
     assert runs.read_status(out)["status"] == "complete"
+
+
+def test_taskzoo_train_under_accelerate_launch_is_tasks_run(review_rows, tmp_path):
+    """The Python API in a script started by accelerate launch: two processes, one run folder, and
+    every process gets the same Run back."""
+    data = write_csv(tmp_path / "small.csv", ["review", "sentiment"], review_rows[:80])
+    out = tmp_path / "run"
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os, pathlib, taskzoo\n"
+        f"run = taskzoo.train('sentiment', data={str(data)!r}, epochs=1, device='cpu', output={str(out)!r}, progress=False)\n"
+        "line = f\"{run.folder} {run.metrics['processes']} {run.predict(['lovely'], device='cpu')[0]['prediction']}\"\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'rank' + os.environ['RANK']).write_text(line)\n"
+    )
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
+        str(script),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    # Each process says what it got back (in its own file: their printed lines can interleave).
+    answers = [(tmp_path / f"rank{rank}").read_text().split() for rank in (0, 1)]
+    assert answers[0] == answers[1] and answers[0][:2] == [str(out), "2"]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert sum(map(sum, summary["val"]["confusion_matrix"])) == 16
+    assert runs.read_status(out)["status"] == "complete"
