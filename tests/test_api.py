@@ -169,11 +169,12 @@ def test_unknown_names_get_the_same_line_from_cli_and_python(toy, runner, tmp_pa
 
 
 def test_help_of_evaluate_and_predict_lists_the_tasks_options(runner):
-    predict = runner.invoke(cli, ["predict", "--help"]).output
+    predict = " ".join(runner.invoke(cli, ["predict", "--help"]).output.split())
     for flag in ("--text", "--user", "--k", "--similar-to", "--popular-fallback", "--score-threshold", "--images",
                  "--text-column", "--all-scores", "--json", "--output"):
         assert flag in predict, flag
-    assert "(ner, sentiment)" in predict  # --text-column is taken by both
+    # --text is taken by two tasks, with a meaning each.
+    assert "(ner) A text to find entities in; repeat for several. (sentiment) A text to label" in predict
     evaluate = runner.invoke(cli, ["evaluate", "--help"]).output
     for flag in ("--text-column", "--label-column", "--images", "--k", "--output", "--json"):
         assert flag in evaluate, flag

@@ -163,13 +163,11 @@ class OptionType(click.ParamType):
         return self.name.upper()
 
 
-def click_option(option: Option, default: Any = None, *, tasks: Sequence[str] = ()) -> click.Option:
+def click_option(option: Option, default: Any = None, *, help_text: str | None = None) -> click.Option:
     """One `taskzoo.Option` as a click option. click's own default stays None, so that a value given
     on the command line can be told from one merged in from a config file or the task's defaults;
     the effective default is shown in the help (0 included)."""
-    help_text = option.help
-    if tasks:
-        help_text = f"({', '.join(tasks)}) {help_text}"
+    help_text = help_text or option.help
     if default is not None and default is not False and default != ():
         help_text = f"{help_text}  [default: {default}]"
     if option.type is bool:
@@ -307,20 +305,32 @@ class RunCommand(SchemaCommand):
         host = get_host()
         if self._built_for is not host:  # the installed tasks are the host's
             self._built_for = host
-            self.params = [click_option(option, option.default) for option in schema.shared(self.name)]
-            for option, owners in _task_options(self.name):
-                self.params.append(click_option(option, option.default, tasks=owners))
+            # The batch size defaults to twice the run's own, which only the run folder knows.
+            self.params = [click_option(option, None if option.name == "batch-size" else option.default)
+                           for option in schema.shared(self.name)]
+            for option, help_text in _task_options(self.name):
+                self.params.append(click_option(option, option.default, help_text=help_text))
         return super().get_params(ctx)
 
 
-def _task_options(command: str) -> list[tuple[Option, list[str]]]:
-    """Each task option of ``command``, once per name, with the tasks that take it."""
-    by_name: dict[str, tuple[Option, list[str]]] = {}
+def _task_options(command: str) -> list[tuple[Option, str]]:
+    """Each task option of ``command``, once per name, with a help text that names the tasks
+    taking it (and says what it means for each, where they differ)."""
+    by_name: dict[str, list[tuple[str, Option]]] = {}
     for spec in get_host().tasks().values():
         for option in spec.options:
             if command in option.commands and option.name not in schema.SHARED_NAMES:
-                by_name.setdefault(option.name, (option, []))[1].append(spec.name)
-    return sorted(by_name.values(), key=lambda pair: pair[0].name)
+                by_name.setdefault(option.name, []).append((spec.name, option))
+    found = []
+    for name in sorted(by_name):
+        owners = by_name[name]
+        helps = {option.help for _, option in owners}
+        if len(helps) == 1:
+            help_text = f"({', '.join(task for task, _ in owners)}) {helps.pop()}"
+        else:
+            help_text = " ".join(f"({task}) {option.help}" for task, option in owners)
+        found.append((owners[0][1], help_text))
+    return found
 
 
 def _evaluate(**params: Any) -> None:
