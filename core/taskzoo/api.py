@@ -10,6 +10,7 @@ This module imports no torch until a function needs it, so ``import taskzoo`` st
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Sequence
 from os import PathLike
@@ -25,9 +26,17 @@ from taskzoo.specs import Finding
 PathArg = str | PathLike
 
 
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
 def _warn(level: str, message: str) -> None:
-    if level == "warning":
-        warnings.warn(message, UserWarning, stacklevel=4)
+    """Data warnings as Python warnings, attributed to the caller's line rather than taskzoo's."""
+    if level != "warning":
+        return
+    frame, depth = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, depth = frame.f_back, depth + 1
+    warnings.warn(message, UserWarning, stacklevel=depth)
 
 
 def _task(name: str) -> Any:
@@ -93,7 +102,7 @@ class Run:
         if isinstance(data, (str, PathLike)):
             path = Path(data)
         elif data is not None:
-            if isinstance(data, (bytes, dict)) or not all(isinstance(item, str) for item in data):
+            if not isinstance(data, (list, tuple)) or not all(isinstance(item, str) for item in data):
                 raise UserError(f"data: expected a path or a list of strings, got {type(data).__name__}")
             spec = get_host().task(self.task)
             inline = _inline_option(spec)
