@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import taskzoo
 from taskzoo import DataError
 from taskzoo.cli import cli
 from taskzoo_recommendation.data import IdMap, holdout_mask, read_interactions, to_pairs
@@ -175,8 +176,13 @@ def test_predict_writes_ranked_unseen_items_and_refuses_unknown_users(als_run, r
 
     result = runner.invoke(cli, ["predict", "--model", str(als_run), "--user", "stranger"])
     assert result.exit_code == 2 and "'stranger' was never seen in training" in result.output and "--popular-fallback" in result.output
-    fallback = _run(runner, "predict", "--model", str(als_run), "--user", "stranger", "--popular-fallback", "--k", "3")
-    assert fallback.count("stranger") == 3
+    fallback = runner.invoke(cli, ["predict", "--model", str(als_run), "--user", "stranger", "--popular-fallback",
+                                   "--k", "3"])
+    assert fallback.exit_code == 0 and fallback.stdout.count("stranger") == 3
+    assert fallback.stderr.startswith("warning: 1 user(s) never seen in training get the most popular items")
+    with pytest.warns(UserWarning, match="1 user.s. never seen in training get the most popular items"):
+        records = taskzoo.load(als_run).predict(["stranger"], popular_fallback=True, k=3)
+    assert [r["rank"] for r in records] == [1, 2, 3]
     similar = _run(runner, "predict", "--model", str(als_run), "--similar-to", rows[0]["item"], "--k", "4")
     assert similar.splitlines()[0].split("\t") == ["item", "similar_item", "score", "rank"] and len(similar.splitlines()) == 5
 

@@ -81,7 +81,7 @@ class Run:
         # The model is loaded once per device; each call sets its own options on the task.
         device = given.get("device", "auto")
         if self._loaded.get("device") != device:
-            self._loaded = {"device": device, "run": pipeline.load(self.folder, command, given)}
+            self._loaded = {"device": device, "run": pipeline.load(self.folder, command, given, _warn)}
         else:
             pipeline.use_options(self._loaded["run"], command, given)
         return self._loaded["run"]

@@ -359,7 +359,7 @@ def _predict(**params: Any) -> None:
     model, data, as_json = given.pop("model", None), given.pop("data", None), given.pop("json", False)
     if model is None:
         raise click.UsageError("--model RUN is required")
-    result = pipeline.predict(Path(model), Path(data) if data else None, given, as_text=not as_json)
+    result = pipeline.predict(Path(model), Path(data) if data else None, given, as_text=not as_json, notify=_notify)
     if as_json:
         for record in result.records:
             click.echo(json.dumps(record, default=_jsonable))

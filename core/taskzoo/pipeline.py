@@ -48,8 +48,10 @@ def _quiet(level: str, message: str) -> None:
     """The default ``notify``: data findings are not shown (errors still raise)."""
 
 
-def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost | None = None) -> Task:
-    """A task instance with its options and the context the pipeline hands every task."""
+def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost | None = None,
+              notify: Notify | None = None) -> Task:
+    """A task instance with its options and the context the pipeline hands every task; the task's
+    warnings go to ``notify`` (default: printed to stderr)."""
     from taskzoo.weights import available_offline
 
     host = host or get_host()
@@ -65,6 +67,7 @@ def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost 
         backbones=backbones,
         offline_backbones=tuple(b.name for b in backbones if available_offline(b)),
         finished_run=finished_run,
+        **({"warn": lambda message: notify("warning", message)} if notify else {}),
     )
     return task_class(spec)(spec, dict(task_options), context)
 
@@ -91,7 +94,7 @@ def check(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) ->
     first error)."""
     if not values.get("data"):
         raise UserError("--data is required")
-    task = make_task(spec, schema.task_options(spec, values))
+    task = make_task(spec, schema.task_options(spec, values), notify=notify)
     data = task.read(Path(values["data"]), role="train")
     findings = get_host().check_data(spec.name, data)
     findings_or_error(findings, notify)
@@ -130,7 +133,7 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) 
     accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
     shown: Notify = notify if accelerator.is_main_process else (lambda level, message: None)
     host = get_host()
-    task = make_task(spec, schema.task_options(spec, values), host)
+    task = make_task(spec, schema.task_options(spec, values), host, shown)
     train = read_checked(task, values["data"], "train", shown)
     labels = task.labels(train)
     if values.get("val"):
@@ -246,7 +249,7 @@ class Loaded:
     batch_size: int = 0
 
 
-def load(folder: Path, command: str, given: Mapping[str, Any]) -> Loaded:
+def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | None = None) -> Loaded:
     """Open a finished run and load its model; ``given`` are the shared and task options of
     ``tasks COMMAND`` (a task option that the run's task does not take is refused)."""
     from taskzoo.trainer import make_accelerator
@@ -257,7 +260,7 @@ def load(folder: Path, command: str, given: Mapping[str, Any]) -> Loaded:
     values = schema.resolve(spec, command, [(f"tasks {command} (a {spec.name} run)", given)])
     run_options = {option.key: option.default for option in spec.options}
     run_options.update(schema.remembered(spec, config))
-    task = make_task(spec, run_options)
+    task = make_task(spec, run_options, notify=notify)
     model = task.load(folder / "model")
     loaded = Loaded(spec, config, task, model, make_accelerator(values["device"], "no"), run_options)
     use_options(loaded, command, given)
@@ -310,7 +313,7 @@ def evaluate(folder: Path, data: Path, given: Mapping[str, Any], notify: Notify 
     from taskzoo.specs import MetricContext
     from taskzoo.trainer import evaluate as run_evaluation
 
-    loaded = loaded or load(folder, "evaluate", given)
+    loaded = loaded or load(folder, "evaluate", given, notify)
     task = loaded.task
     labels = task.labels_of_model
     test = read_checked(task, data, "test", notify, labels=labels)
@@ -333,13 +336,13 @@ class Prediction:
 
 
 def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: Loaded | None = None,
-            *, as_text: bool = True) -> Prediction:
+            *, as_text: bool = True, notify: Notify | None = None) -> Prediction:
     """Predict with a finished run, from ``data`` or the task's inline options (``text``). The
     predictions are written to ``given["output"]``, or made into text for the screen when
     ``as_text``; the records are returned either way."""
     from taskzoo.trainer import predict_all
 
-    loaded = loaded or load(folder, "predict", given)
+    loaded = loaded or load(folder, "predict", given, notify)
     task = loaded.task
     inputs = task.read(Path(data), role="predict", labels=task.labels_of_model) if data else task.inputs_from_options()
     if inputs is None:

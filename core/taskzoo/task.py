@@ -54,6 +54,12 @@ def label_details(labels: Sequence[str]) -> dict[str, Any]:
     return labels.details if isinstance(labels, Labels) else {}
 
 
+def _to_stderr(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _no_runs(folder: Path, option: str) -> FinishedRun:
     raise UserError(f"--{option.replace('_', '-')} {folder}: this command cannot start from another run")
 
@@ -65,12 +71,14 @@ class TaskContext:
     ``backbones``: the task's backbones (catalog and plugins), default first. ``offline_backbones``:
     the names of those that load without network right now, for error messages.
     ``finished_run(folder, option)``: the complete run of this task at ``folder``, or a `UserError`
-    naming ``option`` (``init``) when it is not one.
+    naming ``option`` (``init``) when it is not one. ``warn(message)``: tell the user something the
+    work survives (the command line prints ``warning: ...``, Python issues a `UserWarning`).
     """
 
     backbones: tuple[BackboneSpec, ...] = ()
     offline_backbones: tuple[str, ...] = ()
     finished_run: Callable[[Path, str], FinishedRun] = _no_runs
+    warn: Callable[[str], None] = _to_stderr
 
 
 def task_class(spec: TaskSpec) -> type[Task]:

@@ -130,10 +130,8 @@ class RecommendationTask(Task):
             raise DataError(f"{where}: user '{queries.ids[first]}' was never seen in training{more}; the model knows "
                             f"{len(self.users)} users. Add --popular-fallback to give unknown users the most popular "
                             "items, or fine-tune with --init on interactions that include them")
-        import click
-
-        click.echo(f"warning: {len(unknown)} user(s) never seen in training get the most popular items "
-                   "(--popular-fallback); their scores are interaction counts", err=True)
+        self.context.warn(f"{len(unknown)} user(s) never seen in training get the most popular items "
+                          "(--popular-fallback); their scores are interaction counts")
         return queries
 
     def labels(self, data: Interactions) -> list[str]:
