@@ -82,6 +82,19 @@ def schedule(n_train: int, batch_size: int, epochs: int, warmup_ratio: float) ->
     return total, warmup
 
 
+def read_data(task_name: str, **options: Any) -> tuple[Any, Any, list[str]]:
+    """(train part, validation part, labels) exactly as ``tasks run`` reads and splits them:
+    `taskzoo.pipeline.read_data`, with ``options`` checked like flags."""
+    from taskzoo import options as schema
+    from taskzoo import pipeline
+    from taskzoo.plugins import get_host
+
+    spec = get_host().task(task_name)
+    values = schema.resolve(spec, "run", [("benchmark", {k: v for k, v in options.items() if v is not None})])
+    _, train, val, labels = pipeline.read_data(spec, values)
+    return train, val, labels
+
+
 def taskzoo_trainer(spec: Any, task: Any, model: Any, train: Any, val: Any, run_dir: Path, **recipe: Any) -> Any:
     """The shared trainer exactly as ``tasks run`` builds it (`taskzoo.pipeline.make_trainer`), for
     data both arms share: ``recipe`` holds run options (``epochs=2, lr=1e-4``), checked and merged

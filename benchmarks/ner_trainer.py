@@ -46,17 +46,10 @@ def _task_options(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def read_data(opts: argparse.Namespace) -> dict[str, Any]:
-    """Read train (and val) with the task's reader as ``tasks run ner`` does; plain JSON-able data,
-    so the parent can hand the exact sentences and label order to both arms."""
-    from taskzoo.plugins import get_host
-
-    _, task = _common.make_task(get_host(), TASK, _task_options(opts))
-    train = task.read(Path(opts.data), role="train")
-    labels = task.labels(train)  # label order (hence ids) fixed by the training file, before any split
-    if opts.val:
-        val = task.read(Path(opts.val), role="val", labels=labels)
-    else:
-        train, val = task.split(train, val_fraction=opts.val_fraction, seed=opts.seed)
+    """Read train (and val) as ``tasks run ner`` does (`taskzoo.pipeline.read_data`); plain JSON-able
+    data, so the parent can hand the exact sentences and label order to both arms."""
+    train, val, labels = _common.read_data(TASK, data=opts.data, val=opts.val, val_fraction=opts.val_fraction,
+                                           seed=opts.seed, **_task_options(opts))
     part = lambda d: [{"tokens": s.tokens, "tags": s.tags, "line": s.line} for s in d.sentences]  # noqa: E731
     return {
         "path": str(opts.data), "val_path": str(opts.val or opts.data), "format": train.format,

@@ -37,22 +37,17 @@ METRIC = "accuracy"  # the validation metric reported for both arms
 
 
 def read_and_split(data_path: Path, val_fraction: float, seed: int) -> dict[str, Any]:
-    """Read the file with the task's reader and split it once with the task's split.
+    """Read and split the file as ``tasks run sentiment`` does (`taskzoo.pipeline.read_data`).
 
     Returns plain data (JSON-able) so the parent can hand the exact split to both arms.
     """
-    from taskzoo.plugins import get_host
-
-    _, task = _common.make_task(get_host(), TASK)
-    full = task.read(Path(data_path), role="train")
-    labels = task.labels(full)  # as the CLI does: label order (hence ids) fixed before splitting
-    train, val = task.split(full, val_fraction=val_fraction, seed=seed)
+    train, val, labels = _common.read_data(TASK, data=data_path, val_fraction=val_fraction, seed=seed)
     part = lambda d: {"texts": list(d.texts), "labels": list(d.labels), "rows": list(d.rows)}  # noqa: E731
     return {
         "path": str(data_path),
-        "text_column": full.text_column,
-        "label_column": full.label_column,
-        "columns": list(full.columns),
+        "text_column": train.text_column,
+        "label_column": train.label_column,
+        "columns": list(train.columns),
         "labels": list(labels),
         "train": part(train),
         "val": part(val),

@@ -120,30 +120,41 @@ class Prepared:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
+              host: PluginHost | None = None) -> tuple[Task, Any, Any, list[str]]:
+    """Steps 1-4: the task, its training data read and checked, the labels, and the validation data
+    (``--val``, or the task's split). Returns (task, train, val, labels)."""
+    if not values.get("data"):
+        raise UserError("--data is required (or give it in --config)")
+    host = host or get_host()
+    task = make_task(spec, schema.task_options(spec, values), host, notify)
+    train = read_checked(task, values["data"], "train", notify)
+    labels = task.labels(train)
+    if values.get("val"):
+        val = read_checked(task, values["val"], "val", notify, labels=labels)
+    else:
+        train, val = task.split(train, val_fraction=values["val_fraction"], seed=values["seed"])
+    return task, train, val, labels
+
+
 def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) -> Prepared:
-    """Steps 1-5: the task, its data read and checked, labels, validation data and the model."""
+    """Steps 1-5: `read_data`, then the backbone and the model built on it."""
     from accelerate.utils import set_seed
 
-    from taskzoo.weights import resolve_backbone
     from taskzoo.trainer import make_accelerator
+    from taskzoo.weights import resolve_backbone
 
     values = dict(values)
     if not values.get("data"):
         raise UserError("--data is required (or give it in --config)")
     accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
-    shown: Notify = notify if accelerator.is_main_process else (lambda level, message: None)
+    shown: Notify = notify if accelerator.is_main_process else _quiet
     host = get_host()
-    task = make_task(spec, schema.task_options(spec, values), host, shown)
-    train = read_checked(task, values["data"], "train", shown)
-    labels = task.labels(train)
-    if values.get("val"):
-        val = read_checked(task, values["val"], "val", shown, labels=labels)
-    else:
-        train, val = task.split(train, val_fraction=values["val_fraction"], seed=values["seed"])
+    task, train, val, labels = read_data(spec, values, shown, host)
     backbone = resolve_backbone(host, spec.name, values.get("backbone"))
     set_seed(values["seed"])
     model = task.build_model(backbone, labels)
-    return Prepared(spec, values, task, train, val, list(labels), backbone, model, accelerator)
+    return Prepared(spec, values, task, train, val, labels, backbone, model, accelerator)
 
 
 def make_trainer(prepared: Prepared, run_dir: Path) -> Any:
