@@ -12,6 +12,7 @@ that in `Task.fit_before_training`; the trainer then scores it as epoch 0 and th
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -88,12 +89,27 @@ def make_accelerator(
         mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
     if mixed_precision == "fp16" and not on_gpu:
         raise UserError("--mixed-precision fp16 needs a CUDA device; use bf16 or no on the CPU")
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not on_gpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
+    if accelerator.num_processes > 1:
+        _destroy_process_group_at_exit(accelerator)
+    return accelerator
+
+
+_registered_exit: list[bool] = []
+
+
+def _destroy_process_group_at_exit(accelerator: Accelerator) -> None:
+    """Take the process group down while Python still runs (what accelerate's ``end_training``
+    does): left to the interpreter's last teardown, gloo's threads can abort a finished process.
+    At exit rather than after training, so a script that goes on (``run.predict``) still has it."""
+    if not _registered_exit:
+        _registered_exit.append(True)
+        atexit.register(accelerator.state.destroy_process_group)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, kind: str):
