@@ -77,7 +77,7 @@ class Run:
         from taskzoo import pipeline
 
         spec = get_host().task(self.task)
-        schema.check_names(given, schema.for_command(spec, command), f"Run.{command} (a {spec.name} run)")
+        schema.check_names(given, schema.for_command(spec, command), schema.run_where(spec))
         # The model is loaded once per device; each call sets its own options on the task.
         device = given.get("device", "auto")
         if self._loaded.get("device") != device:
@@ -157,7 +157,7 @@ def train(task: str, data: PathArg | None = None, *, config: PathArg | None = No
     given = {k: v for k, v in options.items()}
     if data is not None:
         given["data"] = data
-    schema.check_names(given, schema.for_command(spec, "run"), f"taskzoo.train('{spec.name}')")
+    schema.check_names(given, schema.for_command(spec, "run"), schema.task_where(spec))
     layers.append(("keyword arguments", given))
     values = schema.resolve(spec, "run", layers)
     with _progress.shown(progress):
@@ -178,7 +178,7 @@ def check(task: str, data: PathArg, **options: Any) -> list[Finding]:
     from taskzoo import pipeline
 
     spec = _task(task)
-    values = schema.resolve(spec, "check", [(f"taskzoo.check('{spec.name}')", {**options, "data": data})])
+    values = schema.resolve(spec, "check", [(schema.task_where(spec), {**options, "data": data})])
     return pipeline.check(spec, values)
 
 

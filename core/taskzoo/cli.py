@@ -177,14 +177,19 @@ def click_option(option: Option, default: Any = None, *, help_text: str | None =
 
 
 class SchemaCommand(click.Command):
-    """A command whose unknown options get the same one line as a wrong keyword in Python."""
+    """A command whose unknown options get the same one line as a wrong keyword in Python;
+    ``where`` names the task (or the command, for evaluate and predict before a run is read)."""
+
+    def __init__(self, *args: Any, where: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.where = where
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as error:
             known = [p.name for p in self.get_params(ctx) if isinstance(p, click.Option) and p.name]
-            raise schema.unknown_option(error.option_name.lstrip("-"), known, f"tasks {ctx.command_path.split(' ', 1)[-1]}") from None
+            raise schema.unknown_option(error.option_name.lstrip("-"), known, self.where) from None
 
 
 def given_values(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,7 +250,7 @@ def _task_command(spec: TaskSpec, action: str) -> click.Command:
     help_text = f"{spec.description}\n\nData: {', '.join(spec.data_formats)}."
     if defaults:
         help_text += f" Task defaults: {defaults}."
-    return SchemaCommand(spec.name, params=params, callback=callback, help=help_text)
+    return SchemaCommand(spec.name, params=params, callback=callback, help=help_text, where=schema.task_where(spec))
 
 
 @cli.group("run", cls=TaskCommandGroup, action="run")
@@ -265,7 +270,7 @@ def check_group() -> None:
 def _check(spec: TaskSpec, given: dict[str, Any]) -> None:
     from taskzoo import pipeline
 
-    values = schema.resolve(spec, "check", [("tasks check " + spec.name, given)])
+    values = schema.resolve(spec, "check", [(schema.task_where(spec), given)])
     pipeline.check(spec, values, _notify)
     click.echo(f"{values['data']}: ready for 'tasks run {spec.name}'")
 
@@ -279,7 +284,7 @@ def _run(spec: TaskSpec, given: dict[str, Any]) -> None:
         layers.append((str(Path(resume) / "config.yaml"), pipeline.resume_layer(spec, Path(resume))))
     if given.get("config") is not None:
         layers.append((str(given["config"]), schema.read_config_file(Path(given["config"]))))
-    layers.append(("tasks run " + spec.name, given))
+    layers.append((schema.task_where(spec), given))
     values = schema.resolve(spec, "run", layers)
     result = pipeline.train(spec, values, resume=Path(resume) if resume else None, notify=_notify)
     if result.main_process:
@@ -298,7 +303,7 @@ class RunCommand(SchemaCommand):
     so that 'tasks list' loads no plugin code; an option of another task is refused by name."""
 
     def __init__(self, name: str, callback: Any, help: str) -> None:
-        super().__init__(name, callback=callback, help=help)
+        super().__init__(name, callback=callback, help=help, where=f"tasks {name}")
         self._built_for: object = None
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:

@@ -188,6 +188,16 @@ def unknown_option(name: str, known: Iterable[str], where: str) -> UserError:
     return UserError(f"{where}: no option {flag(name)}{hint}")
 
 
+def task_where(spec: TaskSpec) -> str:
+    """How an unknown option's message names the task: the same from a flag and a keyword."""
+    return f"task '{spec.name}'"
+
+
+def run_where(spec: TaskSpec) -> str:
+    """The same for ``evaluate`` and ``predict``, where the task is a finished run's."""
+    return f"a {spec.name} run"
+
+
 def check_names(given: Mapping[str, Any], options: Sequence[Option], where: str) -> None:
     known = {option.key for option in options}
     for name in given:

@@ -268,7 +268,7 @@ def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | 
     folder = Path(folder)
     config = runs.open_run(folder)
     spec = get_host().task(config["task"])
-    values = schema.resolve(spec, command, [(f"tasks {command} (a {spec.name} run)", given)])
+    values = schema.resolve(spec, command, [(schema.run_where(spec), given)])
     run_options = {option.key: option.default for option in spec.options}
     run_options.update(schema.remembered(spec, config))
     task = make_task(spec, run_options, notify=notify)
@@ -282,7 +282,7 @@ def use_options(loaded: Loaded, command: str, given: Mapping[str, Any]) -> None:
     """Check ``given`` for ``tasks COMMAND`` and make them the options of the next call: the task's
     own over what the run remembers, and the batch size (default twice the run's)."""
     spec = loaded.spec
-    values = schema.resolve(spec, command, [(f"tasks {command} (a {spec.name} run)", given)])
+    values = schema.resolve(spec, command, [(schema.run_where(spec), given)])
     options = dict(loaded.run_options)
     options.update({k: values[k] for k in given if k in options and values.get(k) is not None})
     loaded.task.options = options
