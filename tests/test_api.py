@@ -335,7 +335,7 @@ def test_an_unfinished_run_names_the_command_that_finishes_it(toy, runner, tmp_p
     runs.finish_run(run.folder, "failed")
     message = cli_error(runner, ["predict", "--model", run.folder, "--data", toy])
     assert message == f"--model {run.folder}: the run is 'failed', not complete; " \
-                      f"finish it with: tasks run toy --resume {run.folder}"
+                      f"continue it with: tasks run toy --resume {run.folder}"
     with pytest.raises(taskzoo.UserError) as raised:
         taskzoo.load(run.folder)
     assert str(raised.value) == message

@@ -186,6 +186,8 @@ def _run_config(prepared: Prepared, run_dir: Path) -> dict[str, Any]:
             "val_examples": task.size(prepared.val),
             "validation": str(values["val"]) if values.get("val") else task.describe_split(
                 val_fraction=values["val_fraction"], seed=values["seed"]),
+            # Where the data was, whatever folder the run was started from (--resume elsewhere).
+            "paths": {name: str(Path(values[name]).resolve()) for name in ("data", "val") if values.get(name)},
             "processes": prepared.accelerator.num_processes,
         },
     }
@@ -206,6 +208,9 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
 
     from taskzoo.helpers.plots import plot_training_curves
 
+    target = resume or values.get("output")
+    if target:
+        runs.refuse_if_written(Path(target))
     prepared = prepare(spec, values, notify)
     accelerator, task = prepared.accelerator, prepared.task
     main_process = accelerator.is_main_process
@@ -218,6 +223,9 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     accelerator.wait_for_everyone()
     try:
         summary = make_trainer(prepared, run_dir).fit(resume=resume is not None)
+        if summary["best_epoch"] is None:
+            raise UserError(f"--epochs {prepared.values['epochs']}: no epoch finished, so there is no model to keep; "
+                            f"train at least one epoch")
         if main_process:
             runs.write_json(run_dir / "metrics.json", summary)
             runs.write_json(run_dir / "labels.json", list(prepared.labels))
@@ -226,9 +234,10 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
             card_config = {**config, "taskzoo_version": __version__, "backbone": config["resolved"]["backbone"]}
             runs.write_model_card(run_dir, card_config, summary, task.model_card_usage(run_dir))
             runs.finish_run(run_dir, "complete")
-    except BaseException:
+    except BaseException as error:
         if main_process and run_dir.exists():
-            runs.finish_run(run_dir, "failed")
+            reason = " ".join(str(error).split()) or type(error).__name__
+            runs.finish_run(run_dir, "failed", reason=f"{type(error).__name__}: {reason}"[:500])
         raise
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, summary, spec.main_metric, main_process)
@@ -240,7 +249,12 @@ def resume_layer(spec: TaskSpec, folder: Path) -> dict[str, Any]:
     if saved.get("task") != spec.name:
         raise UserError(f"--resume {folder}: that run is for task '{saved.get('task')}', not '{spec.name}'")
     known = {option.key for option in schema.for_command(spec, "run")}
-    return {k: v for k, v in saved.items() if k in known and k not in ("output", "config", "resume")}
+    layer = {k: v for k, v in saved.items() if k in known and k not in ("output", "config", "resume")}
+    absolute = (saved.get("resolved") or {}).get("paths") or {}
+    for name, path in absolute.items():
+        if layer.get(name) and not Path(layer[name]).exists() and Path(path).exists():
+            layer[name] = path  # the run was started from another folder
+    return layer
 
 
 # -- using a finished run -------------------------------------------------------------------------
@@ -272,7 +286,14 @@ def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | 
     run_options = {option.key: option.default for option in spec.options}
     run_options.update(schema.remembered(spec, config))
     task = make_task(spec, run_options, notify=notify)
-    model = task.load(folder / "model")
+    try:
+        model = task.load(folder / "model")
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign model/ folder, whatever the loader raised
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise UserError(f"--model {folder}: its model/ cannot be loaded ({type(error).__name__}: {detail}); "
+                        f"expected what a {spec.name} run saves there") from None
     loaded = Loaded(spec, config, task, model, make_accelerator(values["device"], "no"), run_options)
     use_options(loaded, command, given)
     return loaded

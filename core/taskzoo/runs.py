@@ -1,14 +1,18 @@
-"""Run folders: what ``tasks run`` leaves behind, and the marker that says it finished.
+"""Run folders: what ``tasks run`` leaves behind, the marker that says it finished, and the lock
+that keeps one writer per folder.
 
-A run folder holds ``run.json`` whose ``status`` is ``running`` while training, ``failed`` after a
-crash and ``complete`` only once the model, metrics, plots and card are all written; ``predict``
-and ``evaluate`` refuse anything else.
+A run folder holds ``run.json`` whose ``status`` is ``running`` while training, ``failed`` after an
+error (with its ``reason``) and ``complete`` only once the model, metrics, plots and card are all
+written; ``predict`` and ``evaluate`` refuse anything else. While a run writes, its process holds
+an OS lock on ``.lock`` (it dies with the process): a second run or ``--resume`` of the folder
+stops, and a ``running`` folder whose lock nobody holds is reported as interrupted.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,14 @@ from taskzoo.errors import UserError
 
 STATUS_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer is then up to the user
+    fcntl = None  # type: ignore[assignment]
+
+_held: dict[Path, int] = {}  # run folder -> descriptor of the lock this process holds on it
 
 
 def default_run_dir(task: str, root: Path = Path("runs")) -> Path:
@@ -32,26 +44,117 @@ def default_run_dir(task: str, root: Path = Path("runs")) -> Path:
 
 
 def start_run(folder: Path, config: Mapping[str, Any], *, resume: bool = False) -> None:
-    """Create (or reopen, when resuming) a run folder and mark it running."""
-    if not resume and folder.exists() and any(folder.iterdir()):
-        raise UserError(f"--output {folder}: folder exists and is not empty; choose another or use --resume {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_yaml(folder / CONFIG_FILE, config)
-    _write_status(folder, "running")
+    """Create (or reopen, when resuming) a run folder, take its writer lock and mark it running."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--output {folder}: cannot create the run folder ({error.strerror or error})") from None
+    if not folder.is_dir():
+        raise UserError(f"--output {folder}: is a file, not a folder")
+    _lock(folder)
+    try:
+        if not resume and any(path.name != LOCK_FILE for path in folder.iterdir()):
+            raise UserError(f"--output {folder}: folder exists and is not empty; choose another or use --resume {folder}")
+        write_yaml(folder / CONFIG_FILE, config)
+        _write_status(folder, "running", reason=None)
+    except OSError as error:
+        _unlock(folder)
+        raise UserError(f"--output {folder}: cannot write the run folder ({error.strerror or error})") from None
+    except BaseException:
+        _unlock(folder)
+        raise
 
 
-def finish_run(folder: Path, status: str = "complete") -> None:
-    _write_status(folder, status)
+def finish_run(folder: Path, status: str = "complete", reason: str | None = None) -> None:
+    """Mark the run ``complete`` or ``failed`` (with the ``reason``) and release its lock."""
+    try:
+        _write_status(folder, status, reason=reason)
+    finally:
+        _unlock(folder)
 
 
-def _write_status(folder: Path, status: str) -> None:
+def refuse_if_written(folder: Path) -> None:
+    """A `UserError` naming the pid when a live process writes ``folder``: checked before any work
+    starts (the lock itself, taken by `start_run`, settles a race)."""
+    holder = writer(Path(folder))
+    if holder:
+        raise _busy(Path(folder), holder)
+
+
+def _busy(folder: Path, holder: int | None) -> UserError:
+    return UserError(f"{folder}: another taskzoo process{f' (pid {holder})' if holder and holder > 0 else ''} is "
+                     "writing this run folder; wait for it to end, or stop it")
+
+
+def _lock(folder: Path) -> None:
+    if fcntl is None:
+        return
+    descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _pid_in(descriptor)
+        os.close(descriptor)
+        raise _busy(folder, holder) from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    _held[folder.resolve()] = descriptor
+
+
+def _unlock(folder: Path) -> None:
+    descriptor = _held.pop(folder.resolve(), None)
+    if descriptor is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)
+
+
+def _pid_in(descriptor: int) -> int | None:
+    try:
+        return int(os.pread(descriptor, 32, 0).decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def writer(folder: Path) -> int | None:
+    """The pid of the live process writing ``folder`` (this one included), or None."""
+    if folder.resolve() in _held:
+        return os.getpid()
+    if fcntl is None or not (folder / LOCK_FILE).exists():
+        return None
+    descriptor = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _pid_in(descriptor) or -1
+    else:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(descriptor)
+
+
+def _write_status(folder: Path, status: str, reason: str | None) -> None:
     previous = read_status(folder) or {}
     now = _dt.datetime.now().isoformat(timespec="seconds")
     record = {**previous, "status": status, "updated": now}
     record.setdefault("started", now)
+    record.pop("reason", None)
+    if reason:
+        record["reason"] = reason
     if status == "complete":
         record["finished"] = now
-    (folder / STATUS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_atomically(folder / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it over
+    ``path``: a kill at any instant leaves the old file or the new one, never half of either."""
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial, path)
 
 
 def read_status(folder: Path) -> dict[str, Any] | None:
@@ -76,20 +179,23 @@ def open_run(folder: Path, *, require_complete: bool = True, option: str = "mode
         config = None
     if not isinstance(config, dict) or not isinstance(config.get("task"), str):
         raise UserError(f"{where}: its {CONFIG_FILE} is damaged (expected a mapping with the run's task)")
-    if require_complete and status.get("status") != "complete":
-        raise UserError(
-            f"{where}: the run is '{status.get('status')}', not complete; "
-            f"finish it with: tasks run {config['task']} --resume {folder}"
-        )
+    state = status.get("status")
+    holder = writer(folder) if state == "running" else None
+    if state == "running" and holder:
+        raise UserError(f"{where}: the run is still running (pid {holder}); wait for it to finish")
+    if require_complete and state != "complete":
+        why = f" ({status['reason']})" if status.get("reason") else ""
+        what = "was interrupted (its process is gone)" if state == "running" else f"is '{state}'{why}, not complete"
+        raise UserError(f"{where}: the run {what}; continue it with: tasks run {config['task']} --resume {folder}")
     return config
 
 
 def write_yaml(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_atomically(path, yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True))
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _validation_text(config: Mapping[str, Any]) -> str:

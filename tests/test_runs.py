@@ -1,0 +1,176 @@
+"""Run folders that tell the truth: one writer at a time, an honest status, damaged files named."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from toy_plugin import ToyPlugin, toy_points
+
+import taskzoo
+from taskzoo import runs
+from taskzoo.cli import cli
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from taskzoo import runs
+runs.start_run(Path(sys.argv[1]), {"task": "toy"}, resume=len(sys.argv) > 2)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def toy(use_host, tmp_path):
+    use_host(entry_points=[], plugins=[("toy", ToyPlugin())], registry_path=None)
+    return toy_points(tmp_path / "points.csv")
+
+
+def one_error(result) -> str:
+    """The one error line a command stopped with (a run may have printed its data summary before)."""
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
+    assert "Traceback" not in result.output, result.output
+    return errors[0].removeprefix("error: ")
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process writing a run folder (it holds the folder's lock until killed)."""
+    started = []
+
+    def start(folder: Path, resume: bool = False) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), *(["resume"] if resume else [])],
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "holding"
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def test_a_folder_another_process_writes_is_refused_and_untouched(toy, runner, tmp_path, holder):
+    trained = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    before = {p.name: p.read_bytes() for p in trained.folder.iterdir() if p.is_file() and p.name != runs.LOCK_FILE}
+    process = holder(trained.folder, resume=True)
+    for args in (["--resume", trained.folder, "--epochs", 2], ["--data", toy, "--output", trained.folder]):
+        message = one_error(runner.invoke(cli, ["run", "toy", *map(str, args)]))
+        assert str(process.pid) in message and ("still running" in message or "another taskzoo process" in message)
+    message = one_error(runner.invoke(cli, ["predict", "--model", str(trained.folder), "--data", str(toy)]))
+    assert message == f"--model {trained.folder}: the run is still running (pid {process.pid}); wait for it to finish"
+    after = {p.name: p.read_bytes() for p in trained.folder.iterdir() if p.is_file() and p.name != runs.LOCK_FILE}
+    assert {k: v for k, v in after.items() if k not in ("run.json", "config.yaml")} == \
+        {k: v for k, v in before.items() if k not in ("run.json", "config.yaml")}
+
+
+def test_a_run_whose_process_died_is_interrupted_with_the_command_to_resume(toy, runner, tmp_path, holder):
+    folder = tmp_path / "run"
+    process = holder(folder)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert runs.read_status(folder)["status"] == "running" and runs.writer(folder) is None
+    (folder / "config.yaml").write_text(yaml.safe_dump({"task": "toy"}))
+    message = one_error(runner.invoke(cli, ["evaluate", "--model", str(folder), "--data", str(toy)]))
+    assert message == (f"--model {folder}: the run was interrupted (its process is gone); "
+                       f"continue it with: tasks run toy --resume {folder}")
+
+
+def test_two_runs_into_one_new_folder_one_proceeds(toy, tmp_path):
+    folder = tmp_path / "shared"
+    script = ("import sys, taskzoo\n"
+              "from taskzoo.plugins import PluginHost, set_host\n"
+              "sys.path.insert(0, sys.argv[3])\n"
+              "from toy_plugin import ToyPlugin\n"
+              "set_host(PluginHost(entry_points=[], plugins=[('toy', ToyPlugin())], registry_path=None))\n"
+              "try:\n"
+              "    taskzoo.train('toy', data=sys.argv[1], output=sys.argv[2], epochs=3, progress=False)\n"
+              "    print('trained')\n"
+              "except taskzoo.UserError as error:\n"
+              "    print('refused', error)\n")
+    tests = str(Path(__file__).parent)
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(toy), str(folder), tests],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted(p.communicate(timeout=300)[0].strip().split(" ", 1)[0] for p in processes)
+    assert outcomes == ["refused", "trained"], outcomes
+    assert runs.read_status(folder)["status"] == "complete"
+    assert len([line for line in (folder / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["type"] == "epoch"]) == 3
+
+
+def test_no_finished_epoch_is_a_failed_run_with_its_reason(toy, runner, tmp_path):
+    folder = tmp_path / "run"
+    message = one_error(runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(folder), "--epochs", "0"]))
+    assert message == "--epochs 0: no epoch finished, so there is no model to keep; train at least one epoch"
+    status = runs.read_status(folder)
+    assert status["status"] == "failed" and status["reason"].startswith("UserError: --epochs 0: no epoch finished")
+    assert "'failed' (UserError: --epochs 0" in one_error(
+        runner.invoke(cli, ["predict", "--model", str(folder), "--data", str(toy)]))
+
+
+def test_an_output_that_is_a_file_is_one_line(toy, runner, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    message = one_error(runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(taken)]))
+    assert message.startswith(f"--output {taken}: cannot create the run folder") and taken.read_text() == "mine"
+
+
+def test_resume_from_another_working_folder(toy, tmp_path, monkeypatch):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    (here / "points.csv").write_text(toy.read_text())
+    monkeypatch.chdir(here)
+    run = taskzoo.train("toy", data="points.csv", output=tmp_path / "run", epochs=1, progress=False)
+    assert run.config["data"] == "points.csv" and run.config["resolved"]["paths"]["data"] == str(here / "points.csv")
+    monkeypatch.chdir(elsewhere)
+    resumed = taskzoo.train("toy", resume=tmp_path / "run", epochs=2, progress=False)
+    assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("damaged", ["model/model.safetensors", "checkpoint/optimizer.pt", "checkpoint/model.safetensors",
+                                     "checkpoint/trainer_state.json"])
+def test_a_damaged_run_folder_file_is_one_line_naming_it(damaged, toy, runner, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    (run.folder / damaged).write_bytes(b"\x80\x04garbage, not what taskzoo wrote")
+    if damaged.startswith("model/"):
+        message = one_error(runner.invoke(cli, ["predict", "--model", str(run.folder), "--data", str(toy)]))
+        assert message.startswith(f"--model {run.folder}: its model/ cannot be loaded")
+    else:
+        message = one_error(runner.invoke(cli, ["run", "toy", "--resume", str(run.folder), "--epochs", "2"]))
+        assert message.startswith(f"{run.folder / damaged}: damaged or not ")
+
+
+def test_files_are_replaced_whole(tmp_path):
+    target = tmp_path / "metrics.json"
+    runs.write_json(target, {"a": 1})
+    runs.write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary file left
+
+
+def test_the_lock_is_released_when_the_run_ends(toy, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    assert runs.writer(run.folder) is None
+    assert os.path.exists(run.folder / runs.LOCK_FILE)
+    resumed = taskzoo.train("toy", resume=run.folder, epochs=2, progress=False)
+    assert runs.writer(resumed.folder) is None and runs.read_status(run.folder)["status"] == "complete"
+
+
+def test_the_lock_holder_is_named_even_while_it_starts(tmp_path, holder):
+    process = holder(tmp_path / "run")
+    deadline = time.monotonic() + 5
+    while runs.writer(tmp_path / "run") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runs.writer(tmp_path / "run") == process.pid
