@@ -139,6 +139,7 @@ def test_resume_from_another_working_folder(toy, tmp_path, monkeypatch):
     assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2]
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the garbage, before it refuses it
 @pytest.mark.parametrize("damaged", ["model/model.safetensors", "checkpoint/optimizer.pt", "checkpoint/model.safetensors",
                                      "checkpoint/trainer_state.json"])
 def test_a_damaged_run_folder_file_is_one_line_naming_it(damaged, toy, runner, tmp_path):
@@ -174,3 +175,59 @@ def test_the_lock_holder_is_named_even_while_it_starts(tmp_path, holder):
     while runs.writer(tmp_path / "run") is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert runs.writer(tmp_path / "run") == process.pid
+
+
+# -- values that used to be trained on without a word -----------------------------------------------
+
+
+def test_numeric_labels_that_are_equal_are_one_class(tmp_path):
+    from taskzoo_sentiment.data import read_texts
+
+    data = tmp_path / "stars.csv"
+    data.write_text("text,stars\ngreat,2\nfine,2.0\nbad,1\nawful,01\nsuperb,2.50\n")
+    read = read_texts(data, role="train")
+    assert read.labels == ["2", "2", "1", "1", "2.5"]
+    test = tmp_path / "test.csv"
+    test.write_text("text,stars\nok,2.00\n")
+    assert read_texts(test, role="test", known_labels=["1", "2", "2.5"]).labels == ["2"]
+    # A model trained before labels were spelled one way keeps its own spelling.
+    assert read_texts(test, role="test", known_labels=["1.0", "2.0"]).labels == ["2.0"]
+    data.write_text("text,stars\ngreat,2\nbad,inf\n")
+    with pytest.raises(taskzoo.DataError, match=r"row 2, column 'stars': label 'inf' is not a finite number"):
+        read_texts(data, role="train")
+
+
+def test_a_yolo_label_that_is_not_a_finite_number_names_its_line(tmp_path):
+    from PIL import Image
+    from taskzoo_detection.data import read_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "classes.txt").write_text("thing\n")
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.1 0.1\n")
+    with pytest.raises(taskzoo.DataError, match=r"labels/a.txt:2: expected finite numbers, got '0 nan 0.5 0.1 0.1'"):
+        read_dataset(tmp_path, role="train")
+
+
+def test_a_coco_file_name_may_not_leave_the_images_folder(tmp_path):
+    from taskzoo_detection.data import read_dataset
+
+    coco = tmp_path / "train.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "../../../../etc/passwd"}], "annotations": [],
+                                "categories": [{"id": 1, "name": "thing"}]}))
+    with pytest.raises(taskzoo.DataError, match=r"file_name '../../../../etc/passwd' leads out of the images folder"):
+        read_dataset(coco, role="train")
+
+
+def test_an_image_over_the_decompression_limit_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+    from taskzoo_detection.data import image_size
+    from taskzoo_segmentation.data import image_array
+
+    picture = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(picture)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 90,000 pixels: over twice the limit
+    for read in (image_size, image_array):
+        with pytest.raises(taskzoo.DataError, match=rf"^{picture}: unreadable image \(Image size \(90000 pixels\) exceeds limit"):
+            read(picture)

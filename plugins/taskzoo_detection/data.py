@@ -61,14 +61,14 @@ def image_size(path: Path) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # PIL refuses decompression bombs here (over MAX_IMAGE_PIXELS x2)
             width, height = image.size
             # EXIF orientations 5-8 turn the picture a quarter: read_rgb shows it turned, so boxes
             # (drawn on the turned picture by annotation tools) are checked against that size.
             if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width
             return width, height
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: unreadable image ({' '.join(str(error).split())})") from None
 
 
@@ -79,7 +79,7 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             # Phones store rotation in EXIF; annotation tools draw on the rotated picture.
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: unreadable image ({' '.join(str(error).split())})") from None
 
 
@@ -170,6 +170,9 @@ def read_coco(path: Path, images_dir: Path | None, *, known: list[str] | None = 
             raise DataError(f"{where}: expected {{\"id\": integer, \"file_name\": text, \"width\", \"height\"}}")
         if entry["id"] in position:
             raise DataError(f"{where}: image id {entry['id']} is used twice")
+        if Path(entry["file_name"]).is_absolute() or ".." in Path(entry["file_name"]).parts:
+            raise DataError(f"{where} (id {entry['id']}): file_name '{entry['file_name']}' leads out of the "
+                            "images folder; give a path inside it")
         found = _find_image(path, entry["file_name"], images_dir)
         if found is None:
             place = images_dir or path.parent
@@ -313,6 +316,8 @@ def _read_yolo_labels(images: list[Path], names: list[str], root: Path, known: l
                     values = [float(v) for v in fields]
                 except ValueError:
                     raise DataError(f"{where}: expected 'class x_center y_center width height' numbers, got {line.strip()!r}") from None
+                if not all(math.isfinite(v) for v in values):
+                    raise DataError(f"{where}: expected finite numbers, got {line.strip()!r}")
                 if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0) or not values[0].is_integer():
                     raise DataError(f"{where}: expected 'class x_center y_center width height' (class an integer), got {line.strip()!r}")
                 number_of_class = int(values[0])

@@ -54,10 +54,10 @@ def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(path)
+        image = Image.open(path)  # PIL refuses decompression bombs here (over MAX_IMAGE_PIXELS x2)
         image.load()
         return image
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: unreadable image ({' '.join(str(error).split())})") from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -74,6 +75,21 @@ def sort_labels(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
+def _same_numbers_one_label(path: Path, column: str | None, rows: Sequence[int], labels: list[str],
+                            known: Sequence[str] | None) -> list[str]:
+    """Numeric labels as one spelling per number (``2``, ``2.0`` and ``02`` are the class ``2``),
+    the trained model's own spelling when it has that number; a NaN or infinite label names its row."""
+    def spelling(text: str) -> str:
+        number = float(text)
+        return str(int(number)) if number.is_integer() else repr(number)
+
+    for row, label in zip(rows, labels):
+        if not math.isfinite(float(label)):
+            raise DataError(f"{path}: row {row}, column '{column}': label '{label}' is not a finite number")
+    model = {spelling(k): k for k in known or () if is_number(k) and math.isfinite(float(k))}
+    return [model.get(spelling(label), spelling(label)) for label in labels]
+
+
 def read_texts(
     path: Path,
     *,
@@ -134,6 +150,8 @@ def read_texts(
     if not texts:
         raise DataError(f"{path}: column '{text_col}' has no usable text (all {len(raw_texts)} rows are empty)")
 
+    if raw_labels is not None and labels and all(is_number(label) for label in labels):
+        labels = _same_numbers_one_label(path, label_col, rows, labels, known_labels)
     if raw_labels is not None:
         if role == "train" and len(set(labels)) < 2:
             raise DataError(

@@ -41,7 +41,7 @@ def _verify(path: Path) -> None:
     try:
         with Image.open(path) as image:
             image.verify()  # reads the whole file without decoding pixels: cheap, catches truncation
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not a readable image ({' '.join(str(error).split())})") from None
 
 
