@@ -231,3 +231,14 @@ def test_an_image_over_the_decompression_limit_is_one_line(tmp_path, monkeypatch
     for read in (image_size, image_array):
         with pytest.raises(taskzoo.DataError, match=rf"^{picture}: unreadable image \(Image size \(90000 pixels\) exceeds limit"):
             read(picture)
+
+
+def test_a_bad_timestamp_is_reported_on_its_own_row(tmp_path):
+    from taskzoo_recommendation.data import read_interactions
+
+    data = tmp_path / "log.csv"
+    rows = "".join(f"u{i % 3},i{i},1,{1_700_000_000 + i}\n" for i in range(12)).splitlines(keepends=True)
+    rows[10] = "u1,i10,1,inf\n"
+    data.write_text("user,item,weight,timestamp\n" + "".join(rows))
+    with pytest.raises(taskzoo.DataError, match=r"row 11, column 'timestamp': 'inf' is not a Unix time like the other rows"):
+        read_interactions(data)

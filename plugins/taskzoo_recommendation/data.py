@@ -231,11 +231,14 @@ def _times(path: Path, frame: Any, column: str) -> np.ndarray:
     import pandas as pd
 
     raw = frame[column]
-    if raw.dtype.kind in "iuf" and not raw.isna().any():
-        return raw.to_numpy(dtype=np.float64)
-    numeric = pd.to_numeric(raw, errors="coerce")
-    if not numeric.isna().any():
-        return numeric.to_numpy(dtype=np.float64)
+    numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(numbers)
+    if finite.all():
+        return numbers
+    if finite.mean() >= 0.5:  # Unix times, some of them not: name the first of those
+        row = int(np.flatnonzero(~finite)[0])
+        raise DataError(f"{path}: row {row + 1}, column '{column}': {str(raw.iloc[row])!r} is not a Unix time like "
+                        f"the other rows ({int((~finite).sum())} such row(s))")
     parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
     bad = parsed.isna().to_numpy()
     if bad.any():
