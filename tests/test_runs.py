@@ -242,3 +242,70 @@ def test_a_bad_timestamp_is_reported_on_its_own_row(tmp_path):
     data.write_text("user,item,weight,timestamp\n" + "".join(rows))
     with pytest.raises(taskzoo.DataError, match=r"row 11, column 'timestamp': 'inf' is not a Unix time like the other rows"):
         read_interactions(data)
+
+
+# -- stopping and going on -------------------------------------------------------------------------
+
+
+def test_after_a_resume_each_step_is_logged_once(toy, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=2, log_every=2, progress=False)
+    log = run.folder / "metrics.jsonl"
+    # What a kill in the middle of epoch 3 leaves: its first steps' lines, and one cut short.
+    log.write_text(log.read_text() + json.dumps({"type": "step", "epoch": 3, "step": 52, "loss": 0.1}) + '\n{"type": "st')
+    taskzoo.train("toy", resume=run.folder, epochs=3, log_every=2, progress=False)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r["step"] for r in records if r["type"] == "step"]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_run_is_interrupted_and_resumes(stop, code, tmp_path):
+    from taskzoo.plugins import PluginHost
+
+    sample = PluginHost().task("sentiment").sample
+    folder = tmp_path / "run"
+    command = [sys.executable, "-m", "taskzoo", "run", "sentiment", "--data", str(sample.path(sample.train)),
+               "--output", str(folder), "--epochs", "40", "--max-length", "32", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("epoch 2:"):  # epoch 1's checkpoint is written
+            break
+    process.send_signal(stop)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == code, errors[-2000:]
+    assert errors.strip().splitlines()[-1] == (f"{folder}: interrupted; the last finished epoch's checkpoint is kept; "
+                                               f"continue it with: tasks run sentiment --resume {folder}")
+    assert runs.read_status(folder)["status"] == "interrupted" and runs.writer(folder) is None
+    finished = subprocess.run([sys.executable, "-m", "taskzoo", "run", "sentiment", "--resume", str(folder),
+                               "--epochs", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert runs.read_status(folder)["status"] == "complete" and (folder / "model").is_dir()
+
+
+def test_ctrl_c_in_python_marks_the_run_and_says_what_is_left(toy, tmp_path, monkeypatch):
+    from taskzoo.trainer import Trainer
+
+    original = Trainer.save_checkpoint
+    saved = []
+
+    def save_then_stop(self):
+        original(self)
+        saved.append(self.state["epoch"])
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_stop)
+    with pytest.raises(taskzoo.RunInterrupted, match=r"interrupted; the last finished epoch's checkpoint is kept; "
+                                                      r"continue it with: tasks run toy --resume "):
+        taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=5, progress=False)
+    assert runs.read_status(tmp_path / "run")["status"] == "interrupted"
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    resumed = taskzoo.train("toy", resume=tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3, 4, 5]
+
+    monkeypatch.setattr(Trainer, "_train_epochs", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(taskzoo.RunInterrupted, match="interrupted before its first epoch was saved; nothing to resume"):
+        taskzoo.train("toy", data=toy, output=tmp_path / "early", epochs=5, progress=False)
+    assert runs.read_status(tmp_path / "early")["status"] == "failed"

@@ -12,7 +12,7 @@ Plugins import the records they declare from here too (`TaskSpec`, `BackboneSpec
 """
 
 from taskzoo.api import Run, backbones, check, load, tasks, train
-from taskzoo.errors import DataError, UserError
+from taskzoo.errors import DataError, RunInterrupted, UserError
 from taskzoo.hookspecs import hookimpl
 from taskzoo.specs import BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec
 from taskzoo.version import __version__
@@ -27,6 +27,7 @@ __all__ = [
     "train",
     "UserError",
     "DataError",
+    "RunInterrupted",
     # writing plugins
     "BackboneSource",
     "BackboneSpec",

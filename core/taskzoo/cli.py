@@ -17,7 +17,7 @@ import click
 
 import taskzoo
 from taskzoo import options as schema
-from taskzoo.errors import UserError
+from taskzoo.errors import RunInterrupted, UserError
 from taskzoo.plugins import get_host
 from taskzoo.specs import Option, TaskSpec
 
@@ -37,6 +37,19 @@ class TasksGroup(click.Group):
             return super().invoke(ctx)
         except UserError as error:
             raise UserFacingError(" ".join(str(error).split())) from None
+        except RunInterrupted as stopped:
+            click.echo(f"\n{stopped}", err=True)
+            # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
+            ctx.exit(128 + _stopped_by[-1] if _stopped_by else 130)
+
+
+_stopped_by: list[int] = []
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler, kill, docker stop) ends a run as Ctrl-C does, with an honest status."""
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt
 
 
 @click.group(cls=TasksGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,6 +70,9 @@ def cli(disabled_plugins: tuple[str, ...]) -> None:
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     cli(prog_name="tasks")
 
 

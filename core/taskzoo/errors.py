@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A data file that cannot be used as it is (missing, empty, malformed, wrong columns...)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (or SIGTERM on the command line): its folder is marked
+    ``interrupted`` and keeps the last finished epoch's checkpoint; the message says how to go on."""

@@ -35,7 +35,7 @@ from typing import Any
 
 from taskzoo import options as schema
 from taskzoo import runs
-from taskzoo.errors import UserError
+from taskzoo.errors import RunInterrupted, UserError
 from taskzoo.plugins import PluginHost, get_host
 from taskzoo.specs import BackboneSpec, Finding, TaskSpec
 from taskzoo.task import FinishedRun, Task, TaskContext, task_class
@@ -234,6 +234,20 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
             card_config = {**config, "taskzoo_version": __version__, "backbone": config["resolved"]["backbone"]}
             runs.write_model_card(run_dir, card_config, summary, task.model_card_usage(run_dir))
             runs.finish_run(run_dir, "complete")
+    except KeyboardInterrupt as error:
+        from taskzoo.trainer import CHECKPOINT
+
+        resumable = (run_dir / CHECKPOINT / "trainer_state.json").exists()
+        if main_process and run_dir.exists():
+            if resumable:
+                runs.finish_run(run_dir, "interrupted", reason="stopped before it finished")
+            else:
+                runs.finish_run(run_dir, "failed", reason="stopped before its first epoch was saved")
+        if resumable:
+            raise RunInterrupted(f"{run_dir}: interrupted; the last finished epoch's checkpoint is kept; continue it "
+                                 f"with: tasks run {spec.name} --resume {run_dir}") from error
+        raise RunInterrupted(f"{run_dir}: interrupted before its first epoch was saved; nothing to resume, "
+                             "start the run again") from error
     except BaseException as error:
         if main_process and run_dir.exists():
             reason = " ".join(str(error).split()) or type(error).__name__

@@ -2,7 +2,7 @@
 that keeps one writer per folder.
 
 A run folder holds ``run.json`` whose ``status`` is ``running`` while training, ``failed`` after an
-error (with its ``reason``) and ``complete`` only once the model, metrics, plots and card are all
+error (with its ``reason``), ``interrupted`` after Ctrl-C or SIGTERM, and ``complete`` only once the model, metrics, plots and card are all
 written; ``predict`` and ``evaluate`` refuse anything else. While a run writes, its process holds
 an OS lock on ``.lock`` (it dies with the process): a second run or ``--resume`` of the folder
 stops, and a ``running`` folder whose lock nobody holds is reported as interrupted.
@@ -185,7 +185,8 @@ def open_run(folder: Path, *, require_complete: bool = True, option: str = "mode
         raise UserError(f"{where}: the run is still running (pid {holder}); wait for it to finish")
     if require_complete and state != "complete":
         why = f" ({status['reason']})" if status.get("reason") else ""
-        what = "was interrupted (its process is gone)" if state == "running" else f"is '{state}'{why}, not complete"
+        what = {"running": "was interrupted (its process is gone)", "interrupted": "was interrupted"}.get(
+            state, f"is '{state}'{why}, not complete")
         raise UserError(f"{where}: the run {what}; continue it with: tasks run {config['task']} --resume {folder}")
     return config
 

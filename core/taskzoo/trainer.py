@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.options import default_of
+from taskzoo.runs import write_atomically
 from taskzoo.specs import MetricContext, MetricSpec
 from taskzoo.task import Task
 
@@ -310,6 +311,23 @@ class Trainer:
             python_rng = state.pop("python_rng")
             random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
         self.state = state
+        self._forget_logs_after_checkpoint()
+
+    def _forget_logs_after_checkpoint(self) -> None:
+        """Drop the log lines of work the checkpoint does not hold (the steps of an epoch that was
+        stopped), so that after a resume ``metrics.jsonl`` has each step and epoch once."""
+        log = self.run_dir / "metrics.jsonl"
+        if not self.accelerator.is_main_process or not log.exists():
+            return
+        kept = []
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            if record.get("epoch", 0) <= self.state["epoch"] and record.get("step", 0) <= self.state["global_step"]:
+                kept.append(line)
+        write_atomically(log, "".join(f"{line}\n" for line in kept))
 
     def save_best_model(self) -> None:
         """Load the best epoch's weights into the model on every process and save it the task's way
