@@ -119,15 +119,16 @@ def test_crashed_run_is_marked_failed_and_resumes(runner, toy, tmp_path, monkeyp
 
     def crash_after_first_epoch(self, epoch, *args):
         original(self, epoch, *args)
-        if epoch == 1:
-            raise KeyboardInterrupt
+        if epoch == 1:  # a crash; Ctrl-C is "interrupted" instead (tests/test_runs.py)
+            raise RuntimeError("worker died")
 
     monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", crash_after_first_epoch)
     crashed = run(runner, "--data", toy, "--output", out, "--epochs", 3)
     assert crashed.exit_code != 0
+    assert runs.read_status(out) | {"reason": "RuntimeError: worker died"} == runs.read_status(out)
     assert runs.read_status(out)["status"] == "failed"
     refused = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy)])
-    assert refused.exit_code == 2 and "not complete" in refused.output
+    assert refused.exit_code == 2 and "is 'failed' (RuntimeError: worker died), not complete" in refused.output
 
     monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", original)
     resumed = run(runner, "--resume", out)

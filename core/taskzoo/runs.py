@@ -45,6 +45,8 @@ def default_run_dir(task: str, root: Path = Path("runs")) -> Path:
 
 def start_run(folder: Path, config: Mapping[str, Any], *, resume: bool = False) -> None:
     """Create (or reopen, when resuming) a run folder, take its writer lock and mark it running."""
+    if not resume and _holds_files(folder):  # refused before the lock file is made, too
+        raise UserError(f"--output {folder}: folder exists and is not empty; choose another or use --resume {folder}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -53,7 +55,7 @@ def start_run(folder: Path, config: Mapping[str, Any], *, resume: bool = False) 
         raise UserError(f"--output {folder}: is a file, not a folder")
     _lock(folder)
     try:
-        if not resume and any(path.name != LOCK_FILE for path in folder.iterdir()):
+        if not resume and _holds_files(folder):
             raise UserError(f"--output {folder}: folder exists and is not empty; choose another or use --resume {folder}")
         write_yaml(folder / CONFIG_FILE, config)
         _write_status(folder, "running", reason=None)
@@ -63,6 +65,10 @@ def start_run(folder: Path, config: Mapping[str, Any], *, resume: bool = False) 
     except BaseException:
         _unlock(folder)
         raise
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(path.name != LOCK_FILE for path in folder.iterdir())
 
 
 def finish_run(folder: Path, status: str = "complete", reason: str | None = None) -> None:
