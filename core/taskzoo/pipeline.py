@@ -324,6 +324,13 @@ def use_options(loaded: Loaded, command: str, given: Mapping[str, Any]) -> None:
     loaded.batch_size = values["batch_size"] if given.get("batch_size") else 2 * int(loaded.config.get("batch_size") or 16)
 
 
+def _for_inference(loaded: Loaded, loader: Any) -> tuple[Any, Any]:
+    """The model on its device without a data-parallel wrapper (nothing is trained), and the loader
+    sharded across processes."""
+    accelerator = loaded.accelerator
+    return accelerator.prepare_model(loaded.model, evaluation_mode=True), accelerator.prepare_data_loader(loader)
+
+
 def evaluation_folder(run: Path, data: Path, output: Path | None) -> Path:
     """Where ``evaluate`` writes: ``--output``, else ``RUN/eval-<stem>``, numbered when another file
     of the same name was evaluated there before (evaluating the same file again replaces it)."""
@@ -364,7 +371,7 @@ def evaluate(folder: Path, data: Path, given: Mapping[str, Any], notify: Notify 
     labels = task.labels_of_model
     test = read_checked(task, data, "test", notify, labels=labels)
     loader = task.dataloader(test, batch_size=loaded.batch_size, train=False, seed=0)
-    model, loader = loaded.accelerator.prepare(loaded.model, loader)
+    model, loader = _for_inference(loaded, loader)
     metrics, _ = run_evaluation(loaded.accelerator, model, loader, task, get_host().metrics(loaded.spec.name),
                                 MetricContext(task=loaded.spec.name, labels=tuple(labels)))
     out_dir = evaluation_folder(Path(folder), Path(data), given.get("output"))
@@ -394,7 +401,7 @@ def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: L
     if inputs is None:
         raise UserError("give --data FILE or the task's inline input (see 'tasks predict --help')")
     loader = task.dataloader(inputs, batch_size=loaded.batch_size, train=False, seed=0)
-    model, loader = loaded.accelerator.prepare(loaded.model, loader)
+    model, loader = _for_inference(loaded, loader)
     predictions = predict_all(loaded.accelerator, model, loader, task)
     output = given.get("output")
     text = task.write_predictions(inputs, predictions, Path(output) if output else None) if output or as_text else ""

@@ -107,11 +107,31 @@ _registered_exit: list[bool] = []
 
 def _destroy_process_group_at_exit(accelerator: Accelerator) -> None:
     """Take the process group down while Python still runs (what accelerate's ``end_training``
-    does): left to the interpreter's last teardown, gloo's threads can abort a finished process.
-    At exit rather than after training, so a script that goes on (``run.predict``) still has it."""
-    if not _registered_exit:
-        _registered_exit.append(True)
-        atexit.register(accelerator.state.destroy_process_group)
+    does), once every process got there: left to the interpreter's last teardown, or torn down
+    while another process still talks to the group's store, gloo's threads can abort a finished
+    process. At exit rather than after training, so a script that goes on (``run.predict``)
+    still has the group."""
+    if _registered_exit:
+        return
+    _registered_exit.append(True)
+
+    def leave() -> None:
+        import datetime
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return
+        try:
+            if dist.get_backend() == "gloo":  # a barrier that gives up, should a peer be gone
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer that died first: leave all the same
+            pass
+        accelerator.state.destroy_process_group()
+
+    atexit.register(leave)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, kind: str):
