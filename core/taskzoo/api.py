@@ -76,9 +76,8 @@ class Run:
     def _load(self, command: str, given: dict[str, Any]) -> Any:
         from taskzoo import pipeline
 
-        spec = get_host().task(self.task)
-        schema.check_names(given, schema.for_command(spec, command), schema.run_where(spec))
-        # The model is loaded once per device; each call sets its own options on the task.
+        # The model is loaded once per device; each call sets its own options on the task (both
+        # check the options' names and values).
         device = given.get("device", "auto")
         if self._loaded.get("device") != device:
             self._loaded = {"device": device, "run": pipeline.load(self.folder, command, given, _warn)}
@@ -148,18 +147,9 @@ def train(task: str, data: PathArg | None = None, *, config: PathArg | None = No
     from taskzoo import pipeline
 
     spec = _task(task)
-    layers: list[tuple[str, dict[str, Any]]] = []
     resume_path = Path(resume) if resume is not None else None
-    if resume_path is not None:
-        layers.append((str(resume_path / "config.yaml"), pipeline.resume_layer(spec, resume_path)))
-    if config is not None:
-        layers.append((str(config), schema.read_config_file(Path(config))))
-    given = {k: v for k, v in options.items()}
-    if data is not None:
-        given["data"] = data
-    schema.check_names(given, schema.for_command(spec, "run"), schema.task_where(spec))
-    layers.append(("keyword arguments", given))
-    values = schema.resolve(spec, "run", layers)
+    given = {**options, **({"data": data} if data is not None else {})}
+    values = pipeline.run_values(spec, given, resume=resume_path, config=Path(config) if config is not None else None)
     with _progress.shown(progress):
         result = pipeline.train(spec, values, resume=resume_path, notify=_warn)
     return Run(result.folder, progress=progress)

@@ -294,15 +294,10 @@ def _check(spec: TaskSpec, given: dict[str, Any]) -> None:
 def _run(spec: TaskSpec, given: dict[str, Any]) -> None:
     from taskzoo import pipeline
 
-    layers: list[tuple[str, Mapping[str, Any]]] = []
-    resume = given.get("resume")
-    if resume is not None:
-        layers.append((str(Path(resume) / "config.yaml"), pipeline.resume_layer(spec, Path(resume))))
-    if given.get("config") is not None:
-        layers.append((str(given["config"]), schema.read_config_file(Path(given["config"]))))
-    layers.append((schema.task_where(spec), given))
-    values = schema.resolve(spec, "run", layers)
-    result = pipeline.train(spec, values, resume=Path(resume) if resume else None, notify=_notify)
+    resume = Path(given["resume"]) if given.get("resume") else None
+    config = Path(given["config"]) if given.get("config") else None
+    values = pipeline.run_values(spec, given, resume=resume, config=config)
+    result = pipeline.train(spec, values, resume=resume, notify=_notify)
     if result.main_process:
         best = result.summary["best"]
         click.echo(f"best {result.main_metric} {best:.4f} at epoch {result.summary['best_epoch']}"

@@ -145,8 +145,6 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) 
     from taskzoo.weights import resolve_backbone
 
     values = dict(values)
-    if not values.get("data"):
-        raise UserError("--data is required (or give it in --config)")
     accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
     shown: Notify = notify if accelerator.is_main_process else _quiet
     host = get_host()
@@ -257,6 +255,21 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     return TrainResult(run_dir, summary, spec.main_metric, main_process)
 
 
+def run_values(spec: TaskSpec, given: Mapping[str, Any], *, resume: Path | None = None,
+               config: Path | None = None) -> dict[str, Any]:
+    """Every option of ``tasks run TASK``, resolved and checked: defaults < the resumed run's own
+    (``resume``) < a ``config`` file < ``given`` (flags or keywords). The one merge the command line
+    and `taskzoo.train` share."""
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if resume is not None:
+        layers.append((str(Path(resume) / runs.CONFIG_FILE), resume_layer(spec, Path(resume))))
+    if config is not None:
+        layers.append((str(config), schema.read_config_file(Path(config))))
+    files = {name: path for name, path in (("resume", resume), ("config", config)) if path is not None}
+    layers.append((schema.task_where(spec), {**given, **files}))
+    return schema.resolve(spec, "run", layers)
+
+
 def resume_layer(spec: TaskSpec, folder: Path) -> dict[str, Any]:
     """The options a run folder was started with, for ``--resume``."""
     saved = runs.open_run(Path(folder), require_complete=False, option="resume")
@@ -309,15 +322,17 @@ def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | 
         raise UserError(f"--model {folder}: its model/ cannot be loaded ({type(error).__name__}: {detail}); "
                         f"expected what a {spec.name} run saves there") from None
     loaded = Loaded(spec, config, task, model, make_accelerator(values["device"], "no"), run_options)
-    use_options(loaded, command, given)
+    _apply(loaded, values, given)
     return loaded
 
 
 def use_options(loaded: Loaded, command: str, given: Mapping[str, Any]) -> None:
-    """Check ``given`` for ``tasks COMMAND`` and make them the options of the next call: the task's
-    own over what the run remembers, and the batch size (default twice the run's)."""
-    spec = loaded.spec
-    values = schema.resolve(spec, command, [(schema.run_where(spec), given)])
+    """Check ``given`` for ``tasks COMMAND`` and make them the options of the next call."""
+    _apply(loaded, schema.resolve(loaded.spec, command, [(schema.run_where(loaded.spec), given)]), given)
+
+
+def _apply(loaded: Loaded, values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """The task's own options over what the run remembers, and the batch size (default twice the run's)."""
     options = dict(loaded.run_options)
     options.update({k: values[k] for k in given if k in options and values.get(k) is not None})
     loaded.task.options = options
