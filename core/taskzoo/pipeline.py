@@ -29,7 +29,7 @@ return what happened and report data findings through a ``notify(level, message)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,6 @@ class Prepared:
     backbone: BackboneSpec
     model: Any
     accelerator: Any
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
@@ -313,14 +312,9 @@ def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | 
     run_options = {option.key: option.default for option in spec.options}
     run_options.update(schema.remembered(spec, config))
     task = make_task(spec, run_options, notify=notify)
-    try:
+    with runs.damaged_file(f"--model {folder}: its model/ cannot be loaded",
+                           f"expected what a {spec.name} run saves there"):
         model = task.load(folder / "model")
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a damaged or foreign model/ folder, whatever the loader raised
-        detail = " ".join(str(error).split())[:200] or type(error).__name__
-        raise UserError(f"--model {folder}: its model/ cannot be loaded ({type(error).__name__}: {detail}); "
-                        f"expected what a {spec.name} run saves there") from None
     loaded = Loaded(spec, config, task, model, make_accelerator(values["device"], "no"), run_options)
     _apply(loaded, values, given)
     return loaded

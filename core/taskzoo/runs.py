@@ -10,10 +10,11 @@ stops, and a ``running`` folder whose lock nobody holds is reported as interrupt
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,19 @@ def open_run(folder: Path, *, require_complete: bool = True, option: str = "mode
             state, f"is '{state}'{why}, not complete")
         raise UserError(f"{where}: the run {what}; continue it with: tasks run {config['task']} --resume {folder}")
     return config
+
+
+@contextlib.contextmanager
+def damaged_file(what: str, advice: str) -> Iterator[None]:
+    """A run-folder file that its loader cannot read is one line, ``WHAT (the loader's error);
+    ADVICE``, not a traceback, whatever the loader (safetensors, torch, a task's own) raised."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the loader raised, the file is the cause
+        detail = " ".join(str(error).split())[:200]
+        raise UserError(f"{what} ({type(error).__name__}{': ' + detail if detail else ''}); {advice}") from None
 
 
 def write_yaml(path: Path, data: Mapping[str, Any]) -> None:

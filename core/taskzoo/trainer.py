@@ -13,14 +13,14 @@ that in `Task.fit_before_training`; the trainer then scores it as epoch 0 and th
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.options import default_of
-from taskzoo.runs import write_atomically
+from taskzoo.runs import damaged_file, write_atomically
 from taskzoo.specs import MetricContext, MetricSpec
 from taskzoo.task import Task
 
@@ -318,15 +318,15 @@ class Trainer:
         if not (folder / "trainer_state.json").exists():
             raise UserError(f"{self.run_dir}: no checkpoint to resume from (no {CHECKPOINT}/ folder)")
         # Our own files, written above; weights_only still refuses anything but tensors and plain data.
-        with _damaged(folder / "model.safetensors", "the weights the trainer saved (safetensors)"):
+        with _checkpoint_file(folder / "model.safetensors", "the weights the trainer saved (safetensors)"):
             load_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
-        with _damaged(folder / "optimizer.pt", "the optimizer state the trainer saved"):
+        with _checkpoint_file(folder / "optimizer.pt", "the optimizer state the trainer saved"):
             self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        with _damaged(folder / "scheduler.pt", "the learning-rate schedule the trainer saved"):
+        with _checkpoint_file(folder / "scheduler.pt", "the learning-rate schedule the trainer saved"):
             self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        with _damaged(folder / "rng.pt", "the random state the trainer saved"):
+        with _checkpoint_file(folder / "rng.pt", "the random state the trainer saved"):
             torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
-        with _damaged(folder / "trainer_state.json", "the trainer's progress as JSON"):
+        with _checkpoint_file(folder / "trainer_state.json", "the trainer's progress as JSON"):
             state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
             python_rng = state.pop("python_rng")
             random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
@@ -507,16 +507,8 @@ def _adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torc
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-@contextlib.contextmanager
-def _damaged(path: Path, expected: str) -> Iterator[None]:
-    """A checkpoint file that cannot be read is one line naming it, not a traceback."""
-    try:
-        yield
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - whatever the loader raised, the file is the cause
-        detail = " ".join(str(error).split())[:200] or type(error).__name__
-        raise UserError(f"{path}: damaged or not {expected} ({detail}); resume from an intact run folder") from None
+def _checkpoint_file(path: Path, expected: str) -> AbstractContextManager[None]:
+    return damaged_file(f"{path}: damaged or not {expected}", "resume from an intact run folder")
 
 
 def _link(source: Path, target: Path) -> None:
