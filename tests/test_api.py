@@ -362,3 +362,29 @@ def test_resume_and_progress_from_python(toy, tmp_path, capsys):
     assert "epoch 2:" in shown.out + shown.err and "epoch 1:" not in shown.out + shown.err
     assert resumed.folder == first.folder and [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3]
     assert resumed.config["data"] == str(toy)
+
+
+def test_predicting_in_parts_keeps_no_part_after_it_is_written(toy, tmp_path, monkeypatch):
+    """Memory stays flat on long inputs only if nothing holds on to a written part: the
+    accelerator keeps each loader it prepares, so predict lets go of them part by part."""
+    from taskzoo import pipeline
+    from toy_plugin import ToyTask
+
+    monkeypatch.setattr(ToyTask, "parts", lambda self, data, size: (
+        {"path": data["path"], "x": data["x"][i:i + size], "y": None} for i in range(0, len(data["x"]), size)),
+        raising=False)
+    monkeypatch.setattr(pipeline, "PART_SIZE", 16)
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    loaded = pipeline.load(run.folder, "predict", {"output": str(tmp_path / "out.txt")})
+    seen = []
+    original = loaded.accelerator.prepare_data_loader
+
+    def counting(loader, *args, **kwargs):
+        seen.append(len(loaded.accelerator._dataloaders))
+        return original(loader, *args, **kwargs)
+
+    monkeypatch.setattr(loaded.accelerator, "prepare_data_loader", counting)
+    pipeline.predict(run.folder, toy, {"output": str(tmp_path / "out.txt")}, loaded=loaded, as_text=False,
+                     keep_records=False)
+    assert len(seen) > 5 and set(seen) == {0}, seen
+    assert loaded.accelerator._dataloaders == []

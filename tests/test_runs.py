@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,8 +38,8 @@ def toy(use_host, tmp_path):
 def one_error(result) -> str:
     """The one error line a command stopped with (a run may have printed its data summary before)."""
     assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.strip().splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
+    errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.output
     assert "Traceback" not in result.output, result.output
     return errors[0].removeprefix("error: ")
 
@@ -68,11 +69,15 @@ def test_a_folder_another_process_writes_is_refused_and_untouched(toy, runner, t
     for args in (["--resume", trained.folder, "--epochs", 2], ["--data", toy, "--output", trained.folder]):
         message = one_error(runner.invoke(cli, ["run", "toy", *map(str, args)]))
         assert str(process.pid) in message and ("still running" in message or "another taskzoo process" in message)
-    message = one_error(runner.invoke(cli, ["predict", "--model", str(trained.folder), "--data", str(toy)]))
-    assert message == f"--model {trained.folder}: the run is still running (pid {process.pid}); wait for it to finish"
+    # The holder extends a complete run: its model stays usable meanwhile.
+    assert runs.read_status(trained.folder)["extension"] == "running"
+    assert runner.invoke(cli, ["predict", "--model", str(trained.folder), "--data", str(toy)]).exit_code == 0
     after = {p.name: p.read_bytes() for p in trained.folder.iterdir() if p.is_file() and p.name != runs.LOCK_FILE}
-    assert {k: v for k, v in after.items() if k not in ("run.json", "config.yaml")} == \
-        {k: v for k, v in before.items() if k not in ("run.json", "config.yaml")}
+    assert {k: v for k, v in after.items() if k != "run.json"} == {k: v for k, v in before.items() if k != "run.json"}
+
+    fresh = holder(tmp_path / "fresh")
+    message = one_error(runner.invoke(cli, ["predict", "--model", str(tmp_path / "fresh"), "--data", str(toy)]))
+    assert message == f"--model {tmp_path / 'fresh'}: the run is still running (pid {fresh.pid}); wait for it to finish"
 
 
 def test_a_run_whose_process_died_is_interrupted_with_the_command_to_resume(toy, runner, tmp_path, holder):
@@ -123,7 +128,10 @@ def test_an_output_that_is_a_file_is_one_line(toy, runner, tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("mine")
     message = one_error(runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(taken)]))
-    assert message.startswith(f"--output {taken}: cannot create the run folder") and taken.read_text() == "mine"
+    assert message == f"--output {taken}: is a file, not a folder" and taken.read_text() == "mine"
+    inside = taken / "run"  # a folder that cannot be made
+    message = one_error(runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(inside)]))
+    assert message.startswith(f"--output {inside}: cannot create the run folder") and taken.read_text() == "mine"
 
 
 def test_resume_from_another_working_folder(toy, tmp_path, monkeypatch):
@@ -275,8 +283,8 @@ def test_a_stopped_run_is_interrupted_and_resumes(stop, code, tmp_path):
     process.send_signal(stop)
     _, errors = process.communicate(timeout=120)
     assert process.returncode == code, errors[-2000:]
-    assert errors.strip().splitlines()[-1] == (f"{folder}: interrupted; the last finished epoch's checkpoint is kept; "
-                                               f"continue it with: tasks run sentiment --resume {folder}")
+    assert re.fullmatch(rf"{re.escape(str(folder))}: interrupted; the checkpoint of (step|epoch) \d+ is kept; continue it "
+                        rf"with: tasks run sentiment --resume {re.escape(str(folder))}", errors.strip().splitlines()[-1])
     assert runs.read_status(folder)["status"] == "interrupted" and runs.writer(folder) is None
     finished = subprocess.run([sys.executable, "-m", "taskzoo", "run", "sentiment", "--resume", str(folder),
                                "--epochs", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300)
@@ -297,7 +305,7 @@ def test_ctrl_c_in_python_marks_the_run_and_says_what_is_left(toy, tmp_path, mon
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_stop)
-    with pytest.raises(taskzoo.RunInterrupted, match=r"interrupted; the last finished epoch's checkpoint is kept; "
+    with pytest.raises(taskzoo.RunInterrupted, match=r"interrupted; the checkpoint of epoch 2 is kept; "
                                                       r"continue it with: tasks run toy --resume "):
         taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=5, progress=False)
     assert runs.read_status(tmp_path / "run")["status"] == "interrupted"
@@ -306,6 +314,164 @@ def test_ctrl_c_in_python_marks_the_run_and_says_what_is_left(toy, tmp_path, mon
     assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3, 4, 5]
 
     monkeypatch.setattr(Trainer, "_train_epochs", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with pytest.raises(taskzoo.RunInterrupted, match="interrupted before its first epoch was saved; nothing to resume"):
+    with pytest.raises(taskzoo.RunInterrupted, match=r"interrupted before its first checkpoint; run it again from "
+                                                      r"the start with: tasks run toy --resume "):
         taskzoo.train("toy", data=toy, output=tmp_path / "early", epochs=5, progress=False)
-    assert runs.read_status(tmp_path / "early")["status"] == "failed"
+    assert runs.read_status(tmp_path / "early")["status"] == "interrupted"
+    monkeypatch.undo()
+    again = taskzoo.train("toy", resume=tmp_path / "early", progress=False)
+    assert [h["epoch"] for h in again.metrics["history"]] == [1, 2, 3, 4, 5]
+
+
+def _signal_at(monkeypatch, forwards: set[int], signum=signal.SIGINT, times: int = 1):
+    """Send this process ``signum`` (``times`` times) during the given training forward passes."""
+    from toy_plugin import ToyModel
+
+    original, calls = ToyModel.forward, [0]
+
+    def forward(self, batch):
+        if self.training:
+            calls[0] += 1
+            if calls[0] in forwards:
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+        return original(self, batch)
+
+    monkeypatch.setattr(ToyModel, "forward", forward)
+    return calls
+
+
+def _history(run) -> list:
+    return [(h["epoch"], h["train_loss"], h["val"]) for h in run.metrics["history"]]
+
+
+def test_a_signal_stops_at_the_next_step_and_the_resume_is_exact(toy, tmp_path, monkeypatch):
+    common = dict(data=toy, epochs=3, batch_size=4, log_every=1, progress=False)
+    straight = taskzoo.train("toy", output=tmp_path / "straight", **common)
+    calls = _signal_at(monkeypatch, {23})
+    with pytest.raises(taskzoo.RunInterrupted, match=r"interrupted; the checkpoint of step 23 is kept; continue it "
+                                                      r"with: tasks run toy --resume ") as stopped:
+        taskzoo.train("toy", output=tmp_path / "stopped", **common)
+    assert stopped.value.signum == signal.SIGINT and calls[0] == 23  # the step it was in finished, no more
+    assert runs.read_status(tmp_path / "stopped")["status"] == "interrupted"
+    monkeypatch.undo()
+    resumed = taskzoo.train("toy", resume=tmp_path / "stopped", progress=False)
+    assert _history(resumed) == _history(straight)
+    steps = [json.loads(line)["step"] for line in (resumed.folder / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "step"]
+    assert steps == list(range(1, len(steps) + 1))
+
+
+def test_a_second_signal_stops_at_once(toy, tmp_path, monkeypatch):
+    calls = _signal_at(monkeypatch, {50}, signum=signal.SIGTERM, times=2)
+    with pytest.raises(taskzoo.RunInterrupted, match=r"the checkpoint of epoch 1 is kept") as stopped:
+        taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, batch_size=4, progress=False)
+    assert stopped.value.signum == signal.SIGTERM and calls[0] == 50
+    assert runs.read_status(tmp_path / "run")["status"] == "interrupted"
+
+
+def test_save_every_bounds_what_a_crash_loses(toy, tmp_path, monkeypatch):
+    from taskzoo.trainer import Trainer
+
+    common = dict(data=toy, epochs=2, batch_size=4, save_every=5, progress=False)
+    straight = taskzoo.train("toy", output=tmp_path / "straight", **common)
+    saved, original = [], Trainer.save_checkpoint
+
+    def save_then_crash(self, *, epoch_end=True):
+        original(self, epoch_end=epoch_end)
+        saved.append(self.state["global_step"])
+        if self.state["global_step"] == 35:
+            raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(RuntimeError):
+        taskzoo.train("toy", output=tmp_path / "crashed", **common)
+    assert saved[:3] == [5, 10, 15] and saved[-1] == 35
+    monkeypatch.undo()
+    assert _history(taskzoo.train("toy", resume=tmp_path / "crashed", progress=False)) == _history(straight)
+
+
+def test_overwrite_replaces_a_run_and_nothing_else(toy, runner, tmp_path):
+    first = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    message = one_error(runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(first.folder)]))
+    assert message == (f"--output {first.folder}: holds a run already; continue it with --resume {first.folder}, "
+                       "replace it with --overwrite, or choose another folder")
+    (first.folder / "eval-old").mkdir()
+    result = runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(first.folder), "--epochs", "2",
+                                 "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (first.folder / "eval-old").exists() and taskzoo.load(first.folder).metrics["epochs_run"] == 2
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.txt").write_text("years of work")
+    message = one_error(runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(other), "--overwrite"]))
+    assert message == f"--output {other}: folder exists and is not empty (and is not a run folder); choose another"
+    assert (other / "thesis.txt").read_text() == "years of work"
+
+
+def test_a_complete_run_keeps_what_it_needs_and_nothing_twice(toy, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=2, progress=False)
+    assert sorted(p.name for p in (run.folder / "checkpoint").iterdir()) == ["rng.pt", "trainer_state.json"]
+    contents = {}
+    for path in run.folder.rglob("*"):
+        if path.is_file() and path.stat().st_size > 200:
+            assert path.read_bytes() not in contents, f"{path} repeats {contents.get(path.read_bytes())}"
+            contents[path.read_bytes()] = path
+    kept = taskzoo.train("toy", data=toy, output=tmp_path / "kept", epochs=2, keep_checkpoint=True, progress=False)
+    assert {"optimizer.pt", "model.safetensors"} <= {p.name for p in (kept.folder / "checkpoint").iterdir()}
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["lean", "kept"])
+def test_extending_a_complete_run(kept, toy, runner, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=2, keep_checkpoint=kept, progress=False)
+    message = one_error(runner.invoke(cli, ["run", "toy", "--resume", str(run.folder)]))
+    assert message == (f"--resume {run.folder}: the run is complete after 2 epoch(s); give --epochs more than 2 to "
+                       "train it further")
+    longer = taskzoo.train("toy", resume=run.folder, epochs=4, progress=False)
+    assert [h["epoch"] for h in longer.metrics["history"]] == [1, 2, 3, 4]
+    assert longer.config["epochs"] == 4 and runs.read_status(run.folder)["status"] == "complete"
+    assert "extension" not in runs.read_status(run.folder)
+
+
+def test_a_failed_or_killed_extension_leaves_the_run_complete(toy, runner, tmp_path, monkeypatch):
+    from taskzoo.trainer import Trainer
+
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, lr=0.5, progress=False)
+    model = (run.folder / "model" / "model.safetensors").read_bytes()
+    config = (run.folder / "config.yaml").read_text()
+    expected = run.predict(str(toy))
+    original = Trainer._end_epoch
+
+    def fail_after_an_epoch(self, epoch, *args):
+        original(self, epoch, *args)
+        raise taskzoo.UserError("the disk is full")
+
+    monkeypatch.setattr(Trainer, "_end_epoch", fail_after_an_epoch)
+    message = one_error(runner.invoke(cli, ["run", "toy", "--resume", str(run.folder), "--epochs", "3"]))
+    assert message == (f"the disk is full; the run stays complete with its earlier model; retry the extension with: "
+                       f"tasks run toy --resume {run.folder} --epochs 3")
+    status = runs.read_status(run.folder)
+    assert status["status"] == "complete" and status["extension"] == "failed"
+
+    def stop_after_an_epoch(self, epoch, *args):
+        original(self, epoch, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", stop_after_an_epoch)
+    with pytest.raises(taskzoo.RunInterrupted, match=r"the extension was interrupted; the run stays complete with "
+                                                      r"its earlier model; continue the extension with: tasks run toy"):
+        taskzoo.train("toy", resume=run.folder, epochs=3, progress=False)
+    status = runs.read_status(run.folder)
+    assert status["status"] == "complete" and status["extension"] == "interrupted"
+    assert (run.folder / "model" / "model.safetensors").read_bytes() == model
+    assert (run.folder / "config.yaml").read_text() == config
+    assert taskzoo.load(run.folder).predict(str(toy)) == expected
+    monkeypatch.undo()
+    extended = taskzoo.train("toy", resume=run.folder, epochs=3, progress=False)  # retried: goes on
+    assert extended.metrics["epochs_run"] == 3 and "extension" not in runs.read_status(run.folder)
+
+
+def test_a_model_swap_cut_short_is_undone(toy, tmp_path):
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
+    (run.folder / "model").rename(run.folder / "model.previous")  # killed between the two renames
+    assert taskzoo.load(run.folder).predict(str(toy)) and (run.folder / "model").is_dir()

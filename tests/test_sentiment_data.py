@@ -108,3 +108,36 @@ def test_plain_text_lines_for_prediction(tmp_path):
     path.write_text("first review\n\n  second one  \n", encoding="utf-8")
     data = read_texts(path, role="predict")
     assert data.texts == ["first review", "second one"] and data.rows == [1, 3]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt"])
+def test_reading_in_parts_gives_what_reading_whole_gives(suffix, tmp_path):
+    from taskzoo_sentiment.data import read_texts_in_parts
+
+    texts = [f"review number {i}, quite good" if i % 7 else "" for i in range(1, 40)]
+    if suffix == ".txt":
+        path = tmp_path / "new.txt"
+        path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    elif suffix == ".tsv":
+        path = tmp_path / "new.tsv"
+        path.write_text("id\treview\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    else:
+        path = write_csv(tmp_path / "new.csv", ["id", "review"], [[i, t] for i, t in enumerate(texts)])
+    whole = read_texts(path, role="predict")
+    parts = list(read_texts_in_parts(path, 5))
+    assert all(len(part) <= 5 for part in parts) and len(parts) >= 7
+    assert [t for p in parts for t in p.texts] == whole.texts
+    assert [r for p in parts for r in p.rows] == whole.rows
+    assert [r for p in parts for r in p.records] == whole.records
+
+
+def test_a_bad_row_in_a_later_part_names_it(tmp_path):
+    from taskzoo_sentiment.data import read_texts_in_parts
+
+    path = tmp_path / "new.csv"
+    path.write_bytes(b"review\n" + b"".join(f"text {i}\n".encode() for i in range(20)) + b"caf\xe9 au lait\n")
+    with pytest.raises(DataError, match=rf"{path}: after data row \d+: byte 0xe9 is not valid UTF-8"):
+        list(read_texts_in_parts(path, 5))
+    empty = write_csv(tmp_path / "empty.csv", ["review"], [[""], [""]])
+    with pytest.raises(DataError, match="has no usable text"):
+        list(read_texts_in_parts(empty, 5))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -174,3 +175,24 @@ def test_taskzoo_train_under_accelerate_launch_is_tasks_run(review_rows, tmp_pat
     summary = json.loads((out / "metrics.json").read_text())
     assert sum(map(sum, summary["val"]["confusion_matrix"])) == 16
     assert runs.read_status(out)["status"] == "complete"
+
+
+def test_predict_into_a_file_in_parts_leaves_nothing_when_a_later_part_is_bad(trained, runner, tmp_path, monkeypatch):
+    from taskzoo import pipeline
+
+    out, _, _ = trained
+    monkeypatch.setattr(pipeline, "PART_SIZE", 4)
+    good = tmp_path / "new.csv"
+    good.write_text("review\n" + "".join(f"a lovely stout number {i}\n" for i in range(10)), encoding="utf-8")
+    output = tmp_path / "preds" / "out.csv"
+    result = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(good), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(output.open()))
+    assert [row["review"] for row in rows] == [f"a lovely stout number {i}" for i in range(10)]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(good.read_bytes() + b"caf\xe9\n")
+    output.unlink()
+    result = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(bad), "--output", str(output)])
+    assert result.exit_code == 2 and re.search(rf"{bad}: after data row \d+: byte 0xe9 is not valid UTF-8",
+                                               result.output), result.output
+    assert list(output.parent.iterdir()) == []

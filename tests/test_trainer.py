@@ -144,7 +144,7 @@ def test_resume_continues_exactly_where_it_stopped(runner, toy, tmp_path):
     from safetensors.torch import load_file
 
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = ["--data", toy, "--warmup-ratio", 0, "--scheduler", "cosine"]
+    common = ["--data", toy, "--warmup-ratio", 0, "--scheduler", "cosine", "--keep-checkpoint"]
     assert run(runner, *common, "--epochs", 4, "--output", straight, "--lr", 0.001).exit_code == 0
     # A run of 2 epochs scheduled for 4: start with --epochs 4 but stop after 2 by crashing.
     from taskzoo import trainer as trainer_module
@@ -227,7 +227,8 @@ def test_optimizer_follows_the_recipe(runner, toy, tmp_path):
     import torch
 
     out = tmp_path / "run"
-    assert run(runner, "--data", toy, "--output", out, "--epochs", 1, "--weight-decay", 0.25, "--lr", 0.05).exit_code == 0
+    assert run(runner, "--data", toy, "--output", out, "--epochs", 1, "--weight-decay", 0.25, "--lr", 0.05,
+               "--keep-checkpoint").exit_code == 0
     groups = torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True)["param_groups"]
     # Weights decay as asked; biases (1-d tensors) do not.
     assert [g["weight_decay"] for g in groups] == [0.25, 0.0]

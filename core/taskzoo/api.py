@@ -147,7 +147,7 @@ def train(task: str, data: PathArg | None = None, *, config: PathArg | None = No
     from taskzoo import pipeline
 
     spec = _task(task)
-    resume_path = Path(resume) if resume is not None else None
+    resume_path = pipeline.resume_folder(resume, options.get("output"))
     given = {**options, **({"data": data} if data is not None else {})}
     values = pipeline.run_values(spec, given, resume=resume_path, config=Path(config) if config is not None else None)
     with _progress.shown(progress):

@@ -8,6 +8,7 @@ they start working.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,8 @@ class TasksGroup(click.Group):
         except RunInterrupted as stopped:
             click.echo(f"\n{stopped}", err=True)
             # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
-            ctx.exit(128 + _stopped_by[-1] if _stopped_by else 130)
+            signum = stopped.signum or (_stopped_by[-1] if _stopped_by else signal.SIGINT)
+            ctx.exit(128 + signum)
 
 
 _stopped_by: list[int] = []
@@ -70,8 +72,6 @@ def cli(disabled_plugins: tuple[str, ...]) -> None:
 
 
 def main() -> None:
-    import signal
-
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     cli(prog_name="tasks")
 
@@ -294,7 +294,7 @@ def _check(spec: TaskSpec, given: dict[str, Any]) -> None:
 def _run(spec: TaskSpec, given: dict[str, Any]) -> None:
     from taskzoo import pipeline
 
-    resume = Path(given["resume"]) if given.get("resume") else None
+    resume = pipeline.resume_folder(given.get("resume"), given.get("output"))
     config = Path(given["config"]) if given.get("config") else None
     values = pipeline.run_values(spec, given, resume=resume, config=config)
     result = pipeline.train(spec, values, resume=resume, notify=_notify)
@@ -375,7 +375,8 @@ def _predict(**params: Any) -> None:
     model, data, as_json = given.pop("model", None), given.pop("data", None), given.pop("json", False)
     if model is None:
         raise click.UsageError("--model RUN is required")
-    result = pipeline.predict(Path(model), Path(data) if data else None, given, as_text=not as_json, notify=_notify)
+    result = pipeline.predict(Path(model), Path(data) if data else None, given, as_text=not as_json,
+                              keep_records=as_json, notify=_notify)
     if as_json:
         for record in result.records:
             click.echo(json.dumps(record, default=_jsonable))

@@ -14,5 +14,10 @@ class DataError(UserError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C (or SIGTERM on the command line): its folder is marked
-    ``interrupted`` and keeps the last finished epoch's checkpoint; the message says how to go on."""
+    """A run stopped by Ctrl-C or SIGTERM: its folder is marked ``interrupted`` and keeps the
+    checkpoint of the step where it stopped; the message says how to go on. ``signum`` is the
+    signal that stopped it, when known."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -33,7 +33,10 @@ SHARED_OPTIONS: tuple[Option, ...] = (
            type=Path, commands=COMMANDS),
     Option("val", "Validation data (default: a split of --data).", type=Path, commands=_RUN),
     Option("config", "YAML file of options; flags override it.", type=Path, commands=_RUN, remember=False),
-    Option("resume", "Continue a run folder from its last checkpoint.", type=Path, commands=_RUN, remember=False),
+    Option("resume", "Continue a run folder from its last checkpoint, or extend a complete run to more --epochs.",
+           type=Path, commands=_RUN, remember=False),
+    Option("overwrite", "Replace the run in the folder --output names (never a folder of other files).", type=bool,
+           default=False, commands=_RUN, remember=False),
     Option("model", "A finished run folder.", type=Path, commands=_LOAD, remember=False),
     Option("output", "run: the run folder (default runs/TASK-TIME). evaluate: the folder for metrics and pictures "
            "(default RUN/eval-DATA). predict: a file (.csv, .tsv, .jsonl) or, for tasks that draw pictures, a "
@@ -68,6 +71,12 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("log-every", "Log loss and throughput every N optimizer steps.", type=int, default=10, minimum=1,
            commands=_RUN),
     Option("tensorboard", "Also write TensorBoard logs into the run folder.", type=bool, default=False,
+           commands=_RUN),
+    # -- what a crash may cost and what a finished run keeps
+    Option("save-every", "Also checkpoint every N optimizer steps inside an epoch (0: at the end of each epoch "
+           "only), bounding the work a crash loses.", type=int, default=0, minimum=0, commands=_RUN),
+    Option("keep-checkpoint", "Keep the optimizer state and last weights after the run completes, so an extension "
+           "(--resume RUN --epochs MORE) continues exactly as if never stopped.", type=bool, default=False,
            commands=_RUN),
 )
 

@@ -28,6 +28,9 @@ return what happened and report data findings through a ``notify(level, message)
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +139,10 @@ def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet
     return task, train, val, labels
 
 
-def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) -> Prepared:
-    """Steps 1-5: `read_data`, then the backbone and the model built on it."""
+def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
+            start_from: Path | None = None) -> Prepared:
+    """Steps 1-5: `read_data`, then the backbone and the model built on it (or, ``start_from``,
+    the model a complete run saved, for an extension whose checkpoint kept no weights)."""
     from accelerate.utils import set_seed
 
     from taskzoo.trainer import make_accelerator
@@ -150,7 +155,12 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) 
     task, train, val, labels = read_data(spec, values, shown, host)
     backbone = resolve_backbone(host, spec.name, values.get("backbone"))
     set_seed(values["seed"])
-    model = task.build_model(backbone, labels)
+    if start_from is None:
+        model = task.build_model(backbone, labels)
+    else:
+        with runs.damaged_file(f"--resume {start_from.parent}: its model/ cannot be loaded",
+                               f"expected what a {spec.name} run saves there"):
+            model = task.load(start_from)
     return Prepared(spec, values, task, train, val, labels, backbone, model, accelerator)
 
 
@@ -167,7 +177,8 @@ def make_trainer(prepared: Prepared, run_dir: Path) -> Any:
 
 def _run_config(prepared: Prepared, run_dir: Path) -> dict[str, Any]:
     spec, values, task, backbone = prepared.spec, prepared.values, prepared.task, prepared.backbone
-    saved = {name: value for name, value in values.items() if name not in ("config", "resume", "model", "json")}
+    saved = {name: value for name, value in values.items()
+             if name not in ("config", "resume", "model", "json", "overwrite")}
     return {
         "task": spec.name,
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in saved.items()},
@@ -200,30 +211,43 @@ class TrainResult:
 
 def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = None,
           notify: Notify = _quiet) -> TrainResult:
-    """Fine-tune: steps 1-8 above. ``resume`` continues that run folder from its checkpoint."""
+    """Fine-tune: steps 1-8 above. ``resume`` continues that run folder from its checkpoint, or
+    extends a complete run to more epochs (its model stays usable until the extension completes)."""
     from accelerate.utils import broadcast_object_list
 
+    from taskzoo import trainer as training
     from taskzoo.helpers.plots import plot_training_curves
 
     target = resume or values.get("output")
     if target:
         runs.refuse_if_written(Path(target))
-    prepared = prepare(spec, values, notify)
+    if resume is None and values.get("output"):
+        runs.check_output(Path(values["output"]), overwrite=values.get("overwrite", False))
+    start_from = _resume_start(spec, resume, values, notify) if resume is not None else None
+    prepared = prepare(spec, values, notify, start_from)
     accelerator, task = prepared.accelerator, prepared.task
     main_process = accelerator.is_main_process
     folder = [str(resume or prepared.values.get("output") or runs.default_run_dir(spec.name))]
     broadcast_object_list(folder)
     run_dir = Path(folder[0])
     config = _run_config(prepared, run_dir)
+    extending = [False]
     if main_process:
-        runs.start_run(run_dir, config, resume=resume is not None)
-    accelerator.wait_for_everyone()
+        extending[0] = runs.start_run(run_dir, config, resume=resume is not None, overwrite=values.get("overwrite", False))
+    broadcast_object_list(extending)
+    extending = extending[0]
+    # A run stopped before its first checkpoint has nothing to go on from: it starts over, in its folder.
+    from_checkpoint = resume is not None and training.checkpoint_progress(run_dir) is not None
+    if resume is not None and not from_checkpoint and main_process:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     try:
-        summary = make_trainer(prepared, run_dir).fit(resume=resume is not None)
+        summary = make_trainer(prepared, run_dir).fit(resume=from_checkpoint, extend=extending)
         if summary["best_epoch"] is None:
             raise UserError(f"--epochs {prepared.values['epochs']}: no epoch finished, so there is no model to keep; "
                             f"train at least one epoch")
         if main_process:
+            if extending:
+                runs.write_yaml(run_dir / runs.CONFIG_FILE, config)
             runs.write_json(run_dir / "metrics.json", summary)
             runs.write_json(run_dir / "labels.json", list(prepared.labels))
             plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png", spec.main_metric)
@@ -231,27 +255,90 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
             card_config = {**config, "taskzoo_version": __version__, "backbone": config["resolved"]["backbone"]}
             runs.write_model_card(run_dir, card_config, summary, task.model_card_usage(run_dir))
             runs.finish_run(run_dir, "complete")
+            if not prepared.values.get("keep_checkpoint"):
+                training.keep_progress_only(run_dir)
     except KeyboardInterrupt as error:
-        from taskzoo.trainer import CHECKPOINT
-
-        resumable = (run_dir / CHECKPOINT / "trainer_state.json").exists()
-        if main_process and run_dir.exists():
-            if resumable:
-                runs.finish_run(run_dir, "interrupted", reason="stopped before it finished")
-            else:
-                runs.finish_run(run_dir, "failed", reason="stopped before its first epoch was saved")
-        if resumable:
-            raise RunInterrupted(f"{run_dir}: interrupted; the last finished epoch's checkpoint is kept; continue it "
-                                 f"with: tasks run {spec.name} --resume {run_dir}") from error
-        raise RunInterrupted(f"{run_dir}: interrupted before its first epoch was saved; nothing to resume, "
-                             "start the run again") from error
+        raise _interrupted(spec, run_dir, error, main_process, extending, values["epochs"]) from error
     except BaseException as error:
         if main_process and run_dir.exists():
             reason = " ".join(str(error).split()) or type(error).__name__
-            runs.finish_run(run_dir, "failed", reason=f"{type(error).__name__}: {reason}"[:500])
+            runs.finish_run(run_dir, "failed", reason=f"{type(error).__name__}: {reason}"[:500], extension=extending)
+        if extending and isinstance(error, UserError):
+            raise type(error)(f"{error}; the run stays complete with its earlier model; retry the extension with: "
+                              f"tasks run {spec.name} --resume {run_dir} --epochs {values['epochs']}") from None
         raise
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, summary, spec.main_metric, main_process)
+
+
+def _resume_start(spec: TaskSpec, folder: Path, values: Mapping[str, Any], notify: Notify) -> Path | None:
+    """Check that an extension of a complete run asks for more epochs than it ran. Returns the model
+    to start from when the checkpoint kept no weights (a complete run's: ``model/``, with a fresh
+    optimizer), else None (the checkpoint's weights, or a run that starts over)."""
+    from taskzoo import trainer as training
+
+    complete = (runs.read_status(folder) or {}).get("status") == "complete"
+    progress = training.checkpoint_progress(folder)
+    if complete and progress is None:
+        raise UserError(f"--resume {folder}: the run is complete and kept no checkpoint to extend it from; "
+                        f"start a new run with --config {folder / runs.CONFIG_FILE}")
+    if complete:
+        with runs.damaged_file(f"--resume {folder}: its metrics.json is damaged",
+                               "expected the JSON a complete run writes"):
+            trained = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["epochs_run"]
+        if values["epochs"] <= trained:
+            raise UserError(f"--resume {folder}: the run is complete after {trained} epoch(s); give --epochs "
+                            f"more than {trained} to train it further")
+    if progress is None or training.has_weights(folder):
+        return None
+    if not (folder / runs.MODEL_FOLDER).is_dir():
+        raise UserError(f"--resume {folder}: its checkpoint/ holds no weights and there is no model/ to start "
+                        "from; start the run again")
+    notify("info", f"extending {folder} from its saved model (epoch {progress['best_epoch']}) with a fresh optimizer "
+                   "state, which the run did not keep (--keep-checkpoint keeps it)")
+    return folder / runs.MODEL_FOLDER
+
+
+def _interrupted(spec: TaskSpec, run_dir: Path, error: KeyboardInterrupt, main_process: bool,
+                 extending: bool, epochs: int) -> RunInterrupted:
+    """Mark a run stopped by Ctrl-C or SIGTERM and say how to go on."""
+    from taskzoo.trainer import checkpoint_progress
+
+    progress = checkpoint_progress(run_dir) if run_dir.exists() else None
+    resumable = progress is not None and (progress["global_step"] > 0 or progress["epoch"] > 0)
+    signum = getattr(error, "signum", None)
+    if main_process and run_dir.exists():
+        reason = "stopped before it finished" if resumable or extending else "stopped before its first checkpoint"
+        runs.finish_run(run_dir, "interrupted", reason=reason, extension=extending)
+    if extending:
+        return RunInterrupted(f"{run_dir}: the extension was interrupted; the run stays complete with its earlier "
+                              f"model; continue the extension with: tasks run {spec.name} --resume {run_dir} --epochs {epochs}", signum)
+    if resumable:
+        where = f"step {progress['global_step']}" if progress.get("partial_epoch") else f"epoch {progress['epoch']}"
+        return RunInterrupted(f"{run_dir}: interrupted; the checkpoint of {where} is kept; continue it "
+                              f"with: tasks run {spec.name} --resume {run_dir}", signum)
+    return RunInterrupted(f"{run_dir}: interrupted before its first checkpoint; run it again from the start "
+                          f"with: tasks run {spec.name} --resume {run_dir}", signum)
+
+
+def resume_folder(resume: Any, output: Any) -> Path | None:
+    """The run folder to continue: ``--resume``, or, in a worker that torchrun restarted after a
+    failure (``--max-restarts``), the run that ``--output`` names, so the restarted processes go on
+    from its last checkpoint instead of refusing the folder or starting over."""
+    if resume:
+        return Path(resume)
+    if _environment_number("TORCHELASTIC_MAX_RESTARTS") > 0 and not output:
+        raise UserError("--output is needed under torchrun --max-restarts: restarted workers continue the run in it")
+    if _environment_number("TORCHELASTIC_RESTART_COUNT") > 0 and output and (Path(output) / runs.STATUS_FILE).exists():
+        return Path(output)
+    return None
+
+
+def _environment_number(name: str) -> int:
+    try:
+        return int(os.environ.get(name) or 0)
+    except ValueError:
+        return 0
 
 
 def run_values(spec: TaskSpec, given: Mapping[str, Any], *, resume: Path | None = None,
@@ -348,8 +435,6 @@ def evaluation_folder(run: Path, data: Path, output: Path | None) -> Path:
     candidate, number = run / f"eval-{Path(data).stem}", 1
     while (candidate / "metrics.json").exists():
         try:
-            import json
-
             previous = json.loads((candidate / "metrics.json").read_text(encoding="utf-8")).get("data")
         except ValueError:
             previous = None
@@ -397,21 +482,98 @@ class Prediction:
     size: int
 
 
+PART_SIZE = 4096  # inputs encoded, scored and written at a time: memory does not grow with the input
+_APPENDABLE = {".csv": True, ".tsv": True, ".txt": True, ".jsonl": False}  # suffix -> may start with a header
+
+
 def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: Loaded | None = None,
-            *, as_text: bool = True, notify: Notify | None = None) -> Prediction:
+            *, as_text: bool = True, keep_records: bool = True, notify: Notify | None = None) -> Prediction:
     """Predict with a finished run, from ``data`` or the task's inline options (``text``). The
     predictions are written to ``given["output"]``, or made into text for the screen when
-    ``as_text``; the records are returned either way."""
+    ``as_text``; the records are returned when ``keep_records``.
+
+    Into a file (CSV, TSV, JSON Lines) or a folder, the inputs go through in parts of `PART_SIZE`
+    (`Task.parts`), each written as it is scored; the file appears, whole, when the last part is in."""
     from taskzoo.trainer import predict_all
 
     loaded = loaded or load(folder, "predict", given, notify)
     task = loaded.task
-    inputs = task.read(Path(data), role="predict", labels=task.labels_of_model) if data else task.inputs_from_options()
-    if inputs is None:
-        raise UserError("give --data FILE or the task's inline input (see 'tasks predict --help')")
-    loader = task.dataloader(inputs, batch_size=loaded.batch_size, train=False, seed=0)
-    model, loader = _for_inference(loaded, loader)
-    predictions = predict_all(loaded.accelerator, model, loader, task)
-    output = given.get("output")
-    text = task.write_predictions(inputs, predictions, Path(output) if output else None) if output or as_text else ""
-    return Prediction(task.records(inputs, predictions), text, task.size(inputs))
+    output = Path(given["output"]) if given.get("output") else None
+    streamed = output is not None and (output.suffix.lower() in _APPENDABLE or not output.suffix)
+    if data and streamed:
+        inputs = task.read_parts(Path(data), role="predict", labels=task.labels_of_model, size=PART_SIZE)
+    elif data:
+        inputs = [task.read(Path(data), role="predict", labels=task.labels_of_model)]
+    else:
+        inline = task.inputs_from_options()
+        if inline is None:
+            raise UserError("give --data FILE or the task's inline input (see 'tasks predict --help')")
+        inputs = task.parts(inline, PART_SIZE) if streamed else [inline]
+    records: list[dict[str, Any]] = []
+    text, size = "", 0
+    with _Parts(output if streamed else None) as parts:
+        for part in inputs:
+            loader = task.dataloader(part, batch_size=loaded.batch_size, train=False, seed=0)
+            model, loader = _for_inference(loaded, loader)
+            predictions = predict_all(loaded.accelerator, model, loader, task)
+            if streamed:
+                task.write_predictions(part, predictions, parts.next())
+            elif output is not None or as_text:
+                text = task.write_predictions(part, predictions, output)
+            if keep_records:
+                records.extend(task.records(part, predictions))
+            size += task.size(part)
+            del loader, model, predictions
+            # The accelerator keeps every loader it prepared (and with it the part's encoded inputs).
+            loaded.accelerator.free_memory()
+    return Prediction(records, text, size)
+
+
+class _Parts:
+    """Where each part's predictions go: a folder output takes every part itself; a file output
+    gets each part in a file beside it, appended to ``.NAME.partial`` (less a first line that
+    repeats the first part's, the header), which
+    replaces ``NAME`` once all parts are in, so an interrupted prediction never looks finished."""
+
+    def __init__(self, output: Path | None) -> None:
+        self.output, self.count, self.header = output, 0, b""
+        self.file = output is not None and output.suffix.lower() in _APPENDABLE
+
+    def __enter__(self) -> _Parts:
+        if self.file:
+            try:
+                self.output.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UserError(f"--output {self.output}: cannot create its folder ({error.strerror or error})") from None
+            self.partial = self.output.with_name(f".{self.output.name}.partial")
+            self.part = self.output.with_name(f".{self.output.stem}.part{self.output.suffix}")
+            self.partial.write_bytes(b"")
+        return self
+
+    def next(self) -> Path:
+        self._append()
+        self.count += 1
+        return self.part if self.file else self.output
+
+    def _append(self) -> None:
+        if not self.file or not self.part.exists():
+            return
+        with self.part.open("rb") as source, self.partial.open("ab") as target:
+            if _APPENDABLE[self.output.suffix.lower()]:
+                first = source.readline()
+                if self.count == 1:
+                    self.header = first
+                if self.count == 1 or first != self.header:  # a later part's header is dropped, nothing else
+                    target.write(first)
+            shutil.copyfileobj(source, target)
+        self.part.unlink()
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if not self.file:
+            return
+        if kind is None:
+            self._append()
+            os.replace(self.partial, self.output)
+        else:
+            self.part.unlink(missing_ok=True)
+            self.partial.unlink(missing_ok=True)

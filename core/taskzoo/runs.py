@@ -14,6 +14,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from taskzoo.errors import UserError
 STATUS_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
+MODEL_FOLDER = "model"
 
 try:
     import fcntl
@@ -44,22 +46,33 @@ def default_run_dir(task: str, root: Path = Path("runs")) -> Path:
     return candidate
 
 
-def start_run(folder: Path, config: Mapping[str, Any], *, resume: bool = False) -> None:
-    """Create (or reopen, when resuming) a run folder, take its writer lock and mark it running."""
-    if not resume and _holds_files(folder):  # refused before the lock file is made, too
-        raise UserError(f"--output {folder}: folder exists and is not empty; choose another or use --resume {folder}")
+def start_run(folder: Path, config: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False) -> bool:
+    """Create (or reopen, when resuming) a run folder, take its writer lock and mark it running.
+
+    ``overwrite`` empties a folder that holds a run nobody writes (never a folder of other files).
+    Resuming a ``complete`` run extends it: the folder stays ``complete`` (its model and config
+    untouched) with ``extension: running`` until `finish_run`; returns whether this is an extension.
+    """
+    if not resume:
+        check_output(folder, overwrite=overwrite)  # refused before the lock file is made, too
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--output {folder}: cannot create the run folder ({error.strerror or error})") from None
-    if not folder.is_dir():
-        raise UserError(f"--output {folder}: is a file, not a folder")
     _lock(folder)
     try:
+        extending = False
         if not resume and _holds_files(folder):
-            raise UserError(f"--output {folder}: folder exists and is not empty; choose another or use --resume {folder}")
-        write_yaml(folder / CONFIG_FILE, config)
-        _write_status(folder, "running", reason=None)
+            if not overwrite:
+                raise _not_empty(folder)
+            _empty(folder)
+        if resume and (read_status(folder) or {}).get("status") == "complete":
+            extending = True
+            _write_status(folder, "complete", reason=None, extension="running")
+        else:
+            write_yaml(folder / CONFIG_FILE, config)
+            _write_status(folder, "running", reason=None)
+        return extending
     except OSError as error:
         _unlock(folder)
         raise UserError(f"--output {folder}: cannot write the run folder ({error.strerror or error})") from None
@@ -68,14 +81,49 @@ def start_run(folder: Path, config: Mapping[str, Any], *, resume: bool = False) 
         raise
 
 
+def check_output(folder: Path, *, overwrite: bool = False) -> None:
+    """A `UserError` when a new run cannot go into ``folder``: a file, or a folder that holds a run
+    (without ``overwrite``) or anything else."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--output {folder}: is a file, not a folder")
+    if _holds_files(folder) and not (overwrite and (folder / STATUS_FILE).exists()):
+        raise _not_empty(folder)
+
+
+def _not_empty(folder: Path) -> UserError:
+    if (folder / STATUS_FILE).exists():
+        return UserError(f"--output {folder}: holds a run already; continue it with --resume {folder}, replace it "
+                         "with --overwrite, or choose another folder")
+    return UserError(f"--output {folder}: folder exists and is not empty (and is not a run folder); choose another")
+
+
+def _empty(folder: Path) -> None:
+    """Remove a run folder's contents, all but the lock this process holds."""
+    if not (folder / STATUS_FILE).exists():
+        raise _not_empty(folder)
+    for path in folder.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _holds_files(folder: Path) -> bool:
     return folder.is_dir() and any(path.name != LOCK_FILE for path in folder.iterdir())
 
 
-def finish_run(folder: Path, status: str = "complete", reason: str | None = None) -> None:
-    """Mark the run ``complete`` or ``failed`` (with the ``reason``) and release its lock."""
+def finish_run(folder: Path, status: str = "complete", reason: str | None = None, *, extension: bool = False) -> None:
+    """Mark the run ``complete`` or ``failed``/``interrupted`` (with the ``reason``) and release its
+    lock. The end of an ``extension`` that did not complete leaves the run ``complete``, with the
+    extension's own status and reason beside it."""
     try:
-        _write_status(folder, status, reason=reason)
+        if extension and status != "complete":
+            _write_status(folder, "complete", reason=None, extension=status, extension_reason=reason)
+        else:
+            _write_status(folder, status, reason=reason)
     finally:
         _unlock(folder)
 
@@ -140,17 +188,38 @@ def writer(folder: Path) -> int | None:
         os.close(descriptor)
 
 
-def _write_status(folder: Path, status: str, reason: str | None) -> None:
+def _write_status(folder: Path, status: str, reason: str | None, **extension: str | None) -> None:
     previous = read_status(folder) or {}
     now = _dt.datetime.now().isoformat(timespec="seconds")
-    record = {**previous, "status": status, "updated": now}
+    record = {key: value for key, value in previous.items() if key not in ("reason", "extension", "extension_reason")}
+    record.update(status=status, updated=now)
     record.setdefault("started", now)
-    record.pop("reason", None)
     if reason:
         record["reason"] = reason
-    if status == "complete":
+    record.update({key: value for key, value in extension.items() if value})
+    if status == "complete" and not extension:
         record["finished"] = now
     write_atomically(folder / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in the place of ``target``: two renames, so that a kill in between
+    leaves ``target`` under a name `restore_folder` puts back, never half of either."""
+    previous = target.with_name(target.name + ".previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if target.exists():
+        target.rename(previous)
+    new.rename(target)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def restore_folder(target: Path) -> None:
+    """Undo a `replace_folder` that was killed between its renames."""
+    previous = target.with_name(target.name + ".previous")
+    if previous.is_dir() and not target.exists():
+        previous.rename(target)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -188,6 +257,9 @@ def open_run(folder: Path, *, require_complete: bool = True, option: str = "mode
         raise UserError(f"{where}: its {CONFIG_FILE} is damaged (expected a mapping with the run's task)")
     state = status.get("status")
     holder = writer(folder) if state == "running" else None
+    if not holder:
+        with contextlib.suppress(OSError):  # a read-only run folder is still read
+            restore_folder(folder / MODEL_FOLDER)
     if state == "running" and holder:
         raise UserError(f"{where}: the run is still running (pid {holder}); wait for it to finish")
     if require_complete and state != "complete":
@@ -260,4 +332,4 @@ def write_model_card(folder: Path, config: Mapping[str, Any], summary: Mapping[s
         usage.strip(),
         "",
     ]
-    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    write_atomically(folder / "README.md", "\n".join(lines))

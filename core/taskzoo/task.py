@@ -14,7 +14,7 @@ trainer knows about it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +150,18 @@ class Task:
     def size(self, data: Any) -> int:
         """Number of examples in ``data``."""
         return len(data)
+
+    def read_parts(self, path: Path, *, role: str, labels: Sequence[str] | None = None, size: int) -> Iterator[Any]:
+        """The file or folder `read` reads, as `parts` of at most ``size`` examples. Override it to
+        read a large input as it goes (``role="predict"``); the default reads it whole first."""
+        yield from self.parts(self.read(path, role=role, labels=labels), size)
+
+    def parts(self, data: Any, size: int) -> Iterator[Any]:
+        """``data`` in consecutive parts of at most ``size`` examples, for ``predict`` to encode,
+        score and write one part at a time (memory that does not grow with the input). Each part
+        must be data that `dataloader`, `records` and `write_predictions` take, keeping what the
+        written predictions name (row and line numbers). The default is one part: all of it."""
+        yield data
 
     # -- model -----------------------------------------------------------------------------------
 

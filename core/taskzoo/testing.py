@@ -349,6 +349,23 @@ class TaskConformance:
         else:
             assert output.exists() and output.stat().st_size > 0, f"tasks predict wrote nothing to {output}"
 
+    def test_predicts_in_parts_as_in_one(self, taskzoo_host: PluginHost, trained_run: Path, sample: SampleData,
+                                         sample_paths: dict[str, Path], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        """Large inputs are predicted a part at a time (`Task.parts`); the output must not show it."""
+        from taskzoo import pipeline
+
+        if not sample.predict_output:
+            pytest.skip("the task's sample predictions go to the screen, which is not written in parts")
+        args = ["predict", "--model", trained_run, "--data", sample_paths["predict"], "--device", "cpu", "--output"]
+        whole, parted = tmp_path / "whole" / sample.predict_output, tmp_path / "parted" / sample.predict_output
+        assert invoke(taskzoo_host, args + [whole]).exit_code == 0
+        monkeypatch.setattr(pipeline, "PART_SIZE", 2)
+        result = invoke(taskzoo_host, args + [parted])
+        assert result.exit_code == 0, _explain(result)
+        written = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
+        assert written(tmp_path / "parted") == written(tmp_path / "whole"), "predicting in parts changed the output"
+
     def test_predict_refuses_missing_input(self, taskzoo_host: PluginHost, trained_run: Path,
                                            sample_paths: dict[str, Path], tmp_path: Path) -> None:
         missing = tmp_path / f"missing{sample_paths['predict'].suffix}"

@@ -18,8 +18,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,19 +28,22 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast, broadcast_object_list, gather_object, set_seed
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.options import default_of
-from taskzoo.runs import damaged_file, write_atomically
+from taskzoo.runs import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
 from taskzoo.specs import MetricContext, MetricSpec
 from taskzoo.task import Task
 
 CHECKPOINT = "checkpoint"
+WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
+TRAINER_STATE = "trainer_state.json"
+RANDOM_STATE = "rng.pt"
 
 
 @dataclass
@@ -59,6 +63,7 @@ class TrainingArgs:
     patience: int | None = default_of("patience")
     seed: int = default_of("seed")
     log_every: int = default_of("log_every")
+    save_every: int = default_of("save_every")
     tensorboard: bool = default_of("tensorboard")
 
     @classmethod
@@ -87,6 +92,7 @@ def make_accelerator(
     if device == "cuda" and not cuda:
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     on_gpu = cuda and device != "cpu"
+    _join_restarted_group("nccl" if on_gpu else "gloo")
     if mixed_precision == "auto":
         mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
     if mixed_precision == "fp16" and not on_gpu:
@@ -99,7 +105,60 @@ def make_accelerator(
     )
     if accelerator.num_processes > 1:
         _destroy_process_group_at_exit(accelerator)
+    else:
+        asked = _processes_asked_of_accelerate()
+        if asked > 1:
+            raise UserError(f"accelerate launch --num_processes {asked} started one process (it does without "
+                            "--multi_gpu when it finds no GPU): add --multi_gpu, which starts them on the CPU too "
+                            "(leave out --cpu; --device cpu after the task keeps the run on the CPU)")
     return accelerator
+
+
+def _join_restarted_group(backend: str) -> None:
+    """In workers that torchrun restarted after a failure, join the process group through keys of
+    this attempt only: the restarted group meets in the store of the failed one, where the dead
+    processes' addresses are still written, and a worker that reads one first cannot connect."""
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt in ("", "0") or dist.is_initialized() or not os.environ.get("MASTER_ADDR"):
+        return
+    from datetime import timedelta
+
+    from torch.distributed.rendezvous import _create_c10d_store
+
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, size,
+                               timedelta(minutes=10))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"taskzoo/attempt-{attempt}", store), rank=rank,
+                            world_size=size)
+
+
+def _processes_asked_of_accelerate() -> int:
+    """``--num_processes N`` of an ``accelerate launch`` that started this process directly (its
+    single-process launcher, which sets nothing in the environment to say so); 0 when not."""
+    try:
+        arguments = [part.decode(errors="replace") for part in
+                     Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0") if part]
+    except OSError:  # not Linux, or no /proc: nothing to check against
+        return 0
+    starts = [index for index, a in enumerate(arguments[:4])
+              if a.endswith(("/accelerate", "accelerate.commands.launch")) or a == "accelerate"]
+    if not starts:
+        return 0
+    rest = arguments[starts[0] + 1:]
+    if rest[:1] == ["launch"]:
+        rest = rest[1:]
+    elif not arguments[starts[0]].endswith("launch"):
+        return 0  # another accelerate command
+    for index, argument in enumerate(rest):
+        if argument == "-m" or argument.endswith(".py"):
+            break  # the launched program's own arguments follow
+        name, _, value = argument.partition("=")
+        if name in ("--num_processes", "--num-processes"):
+            value = value or (rest[index + 1] if index + 1 < len(rest) else "")
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 _registered_exit: list[bool] = []
@@ -287,49 +346,65 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, *, epoch_end: bool = True) -> None:
         """Write weights, optimizer, scheduler, random and trainer state into ``checkpoint/``,
         swapped in whole so a crash never leaves half a checkpoint. ``best.safetensors`` is a hard
-        link to the best epoch's weights, so keeping the best model costs no extra copy."""
+        link to the best epoch's weights, so keeping the best model costs no extra copy. Inside an
+        epoch (``epoch_end=False``: ``--save-every``, a stop) the state says how far the epoch got."""
         self.accelerator.wait_for_everyone()
+        # Each process's own: their dropout draws differ once their batches' shapes do.
+        random_states = gather_object([torch.get_rng_state()])  # one process: the list itself
         if self.accelerator.is_main_process:
             folder = self.run_dir / CHECKPOINT
             partial = self.run_dir / (CHECKPOINT + ".partial")
             if partial.exists():
                 shutil.rmtree(partial)
             partial.mkdir(parents=True)
-            save_model(self.accelerator.unwrap_model(self.model), str(partial / "model.safetensors"))
-            if self.state["best_epoch"] == self.state["epoch"]:
-                _link(partial / "model.safetensors", partial / BEST_WEIGHTS)
+            save_model(self.accelerator.unwrap_model(self.model), str(partial / WEIGHTS))
+            if epoch_end and self.state["best_epoch"] == self.state["epoch"]:
+                _link(partial / WEIGHTS, partial / BEST_WEIGHTS)
             elif (folder / BEST_WEIGHTS).exists():
                 _link(folder / BEST_WEIGHTS, partial / BEST_WEIGHTS)
             torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state()}, partial / "rng.pt")
+            torch.save({"torch": random_states[0], "processes": random_states}, partial / RANDOM_STATE)
             state = {**self.state, "python_rng": _jsonable_random_state()}
-            (partial / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+            (partial / TRAINER_STATE).write_text(json.dumps(state), encoding="utf-8")
             if folder.exists():
                 shutil.rmtree(folder)
             partial.rename(folder)
         self.accelerator.wait_for_everyone()
 
-    def load_checkpoint(self) -> None:
+    def load_checkpoint(self, *, extend: bool = False) -> None:
+        """Continue from ``checkpoint/``. A complete run keeps only its progress there (see
+        `keep_progress_only`): its model comes from ``model/`` (the pipeline loads it) and the
+        optimizer starts afresh, its learning rate where the schedule had got to."""
         folder = self.run_dir / CHECKPOINT
-        if not (folder / "trainer_state.json").exists():
+        state = checkpoint_progress(self.run_dir)
+        if state is None:
             raise UserError(f"{self.run_dir}: no checkpoint to resume from (no {CHECKPOINT}/ folder)")
         # Our own files, written above; weights_only still refuses anything but tensors and plain data.
-        with _checkpoint_file(folder / "model.safetensors", "the weights the trainer saved (safetensors)"):
-            load_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
-        with _checkpoint_file(folder / "optimizer.pt", "the optimizer state the trainer saved"):
-            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        with _checkpoint_file(folder / "scheduler.pt", "the learning-rate schedule the trainer saved"):
-            self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        with _checkpoint_file(folder / "rng.pt", "the random state the trainer saved"):
-            torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
-        with _checkpoint_file(folder / "trainer_state.json", "the trainer's progress as JSON"):
-            state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        with _checkpoint_file(folder / TRAINER_STATE, "the trainer's progress as JSON"):
             python_rng = state.pop("python_rng")
             random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
+        if (folder / WEIGHTS).exists():
+            with _checkpoint_file(folder / WEIGHTS, "the weights the trainer saved (safetensors)"):
+                load_model(self.accelerator.unwrap_model(self.model), str(folder / WEIGHTS))
+        if (folder / "optimizer.pt").exists():
+            with _checkpoint_file(folder / "optimizer.pt", "the optimizer state the trainer saved"):
+                self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+            with _checkpoint_file(folder / "scheduler.pt", "the learning-rate schedule the trainer saved"):
+                self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        else:
+            _advance(self.scheduler.scheduler, state["global_step"])
+        if (folder / RANDOM_STATE).exists():
+            with _checkpoint_file(folder / RANDOM_STATE, "the random state the trainer saved"):
+                saved = torch.load(folder / RANDOM_STATE, weights_only=True)
+                states = saved.get("processes") or [saved["torch"]]
+                process = self.accelerator.process_index
+                torch.set_rng_state(states[process] if len(states) == self.accelerator.num_processes else states[0])
+        if extend:
+            state["bad_epochs"] = 0  # more epochs were asked for: early stopping counts afresh
         self.state = state
         self._forget_logs_after_checkpoint()
 
@@ -345,7 +420,10 @@ class Trainer:
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut by the kill
-            if record.get("epoch", 0) <= self.state["epoch"] and record.get("step", 0) <= self.state["global_step"]:
+            if record.get("type") == "epoch":
+                if record.get("epoch", 0) <= self.state["epoch"]:
+                    kept.append(line)
+            elif record.get("step", 0) <= self.state["global_step"]:
                 kept.append(line)
         write_atomically(log, "".join(f"{line}\n" for line in kept))
 
@@ -364,7 +442,13 @@ class Trainer:
         model = accelerator.unwrap_model(self.model)
         if accelerator.is_main_process:
             load_model(model, str(best))
-            self.task.save(model, self.run_dir / "model")
+            # Saved beside the model it replaces, then swapped in: an extension that dies here
+            # leaves the run's earlier model, never half of one.
+            partial = self.run_dir / (MODEL_FOLDER + ".partial")
+            if partial.exists():
+                shutil.rmtree(partial)
+            self.task.save(model, partial)
+            replace_folder(partial, self.run_dir / MODEL_FOLDER)
         if accelerator.num_processes > 1:  # the file may be on the main node only
             for tensor in model.state_dict().values():
                 broadcast(tensor)
@@ -374,17 +458,22 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train to the end (or early stop); return the summary that goes into ``metrics.json``."""
+    def fit(self, resume: bool = False, extend: bool = False) -> dict[str, Any]:
+        """Train to the end (or early stop); return the summary that goes into ``metrics.json``.
+        ``extend``: the resumed run was complete and goes on to more epochs.
+
+        Ctrl-C or SIGTERM stops at the next optimizer step: a checkpoint of that step is written,
+        then `TrainingStopped` is raised; a second signal stops at once (KeyboardInterrupt)."""
         args, accelerator = self.args, self.accelerator
         if resume:
-            self.load_checkpoint()
+            self.load_checkpoint(extend=extend)
         started = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        if not resume:
-            self._fit_before_training()
-        self._train_epochs()
+        with _StopRequests() as self._stop_requests:
+            if not resume:
+                self._fit_before_training()
+            self._train_epochs()
         self.save_best_model()
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -419,15 +508,23 @@ class Trainer:
             epoch = self.state["epoch"] + 1
             self.model.train()
             self.train_loader.set_epoch(epoch)
+            # A checkpoint written inside this epoch: go on after the batches it holds, in the
+            # same order (the sampler's order depends on the seed and the epoch only).
+            done = self.state.pop("partial_epoch", None) or {"batches": 0, "loss_total": 0.0, "samples": 0}
+            loader = self.train_loader
+            if done["batches"]:
+                loader = _keeping_random_state(accelerator.skip_first_batches(self.train_loader, done["batches"]))
             bar = tqdm(
-                self.train_loader,
+                loader,
                 desc=f"epoch {epoch}/{args.epochs}",
                 unit="batch",
+                initial=done["batches"],
+                total=len(self.train_loader),
                 disable=not (accelerator.is_local_main_process and progress.show()),
                 dynamic_ncols=True,
             )
             epoch_start = time.perf_counter()
-            epoch_samples, loss_total, loss_batches = 0, 0.0, 0
+            epoch_samples, loss_total, loss_batches = done["samples"], done["loss_total"], done["batches"]
             window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
             for batch in bar:
                 with accelerator.accumulate(self.model):
@@ -446,27 +543,49 @@ class Trainer:
                 loss_batches += 1
                 window_loss += value
                 window_batches += 1
-                if accelerator.sync_gradients:
-                    self.state["global_step"] += 1
-                    if self.state["global_step"] % args.log_every == 0:
-                        elapsed = time.perf_counter() - window_start
-                        record = {
-                            "type": "step",
-                            "epoch": epoch,
-                            "step": self.state["global_step"],
-                            "loss": window_loss / window_batches,
-                            "lr": self.scheduler.get_last_lr()[0],
-                            "samples_per_second": window_samples / max(elapsed, 1e-9),
-                        }
-                        self._log(record)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
-                        window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+                if not accelerator.sync_gradients:
+                    continue
+                self.state["global_step"] += 1
+                if self.state["global_step"] % args.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    record = {
+                        "type": "step",
+                        "epoch": epoch,
+                        "step": self.state["global_step"],
+                        "loss": window_loss / window_batches,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "samples_per_second": window_samples / max(elapsed, 1e-9),
+                    }
+                    self._log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
+                    window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+                stop = self._stop_requested()
+                inside = loss_batches < len(self.train_loader)  # the epoch's end saves its own checkpoint
+                if inside and (stop or (args.save_every and self.state["global_step"] % args.save_every == 0)):
+                    self.state["partial_epoch"] = {"batches": loss_batches, "loss_total": loss_total,
+                                                   "samples": epoch_samples}
+                    self.save_checkpoint(epoch_end=False)
+                    self.state.pop("partial_epoch")
+                    if stop:
+                        bar.close()
+                        raise TrainingStopped(stop)
             bar.close()
             epoch_seconds = time.perf_counter() - epoch_start
             self._train_seconds += epoch_seconds
             self._samples_seen += epoch_samples
             val, _ = evaluate(accelerator, self.model, self.val_loader, self.task, self.metrics, self.context)
             self._end_epoch(epoch, val, loss_total / max(loss_batches, 1), epoch_samples / max(epoch_seconds, 1e-9))
+            if (stop := self._stop_requested()):
+                raise TrainingStopped(stop)
+
+    def _stop_requested(self) -> int | None:
+        """The signal that asked the run to stop, agreed by every process (one stops, all stop)."""
+        accelerator = self.accelerator
+        if self._stop_requests.signal is not None:
+            accelerator.set_trigger()
+        if accelerator.num_processes == 1:
+            return self._stop_requests.signal
+        return (self._stop_requests.signal or signal.SIGTERM) if accelerator.check_trigger() else None
 
     def _end_epoch(
         self, epoch: int, val: dict[str, Any], train_loss: float | None, samples_per_second: float | None
@@ -499,6 +618,44 @@ class Trainer:
         return bool(patience) and self.state["bad_epochs"] >= patience
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped at a step boundary on a signal, after writing a checkpoint there."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopRequests(AbstractContextManager["_StopRequests"]):
+    """While training: the first Ctrl-C or SIGTERM asks the loop to stop at the next optimizer
+    step (a checkpoint is written there); a second one stops at once. Only the main thread can
+    catch signals; elsewhere (a notebook's worker thread) signals keep their usual effect."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise TrainingStopped(signum)
+        self.signal = signum
+        if progress.show():
+            tqdm.write(f"\n{signal.Signals(signum).name}: stopping after this step to save it "
+                       f"({'Ctrl-C' if signum == signal.SIGINT else 'the signal'} again stops at once)")
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def _adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, fused where this PyTorch supports it for the parameters (several times faster on CPU)."""
     try:
@@ -523,3 +680,54 @@ def _jsonable_random_state() -> list[Any]:
     return [version, list(internal), gauss]
 
 
+
+
+def keep_progress_only(run_dir: Path) -> None:
+    """What a complete run keeps of its checkpoint: the trainer's progress (epochs, best score,
+    history) and random state, a few kilobytes, so that it can still be extended. The weights are
+    in ``model/``; the optimizer state (twice the weights again) is dropped."""
+    folder = Path(run_dir) / CHECKPOINT
+    if not (folder / TRAINER_STATE).exists():
+        return
+    for path in folder.iterdir():
+        if path.name not in (TRAINER_STATE, RANDOM_STATE):
+            path.unlink()
+
+
+def checkpoint_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The trainer state in a run's checkpoint (epochs run, best...), or None without one."""
+    path = Path(run_dir) / CHECKPOINT / TRAINER_STATE
+    if not path.exists():
+        return None
+    with _checkpoint_file(path, "the trainer's progress as JSON"):
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+def has_weights(run_dir: Path) -> bool:
+    """Whether the checkpoint holds the weights (a run in progress, or one kept whole)."""
+    return (Path(run_dir) / CHECKPOINT / WEIGHTS).exists()
+
+
+def _keeping_random_state(loader: Any) -> Iterator[Any]:
+    """Iterate ``loader`` as if it had been iterating all along: a new DataLoader iterator draws its
+    workers' seed from the global random state, a draw a run that was never stopped made at the
+    start of the epoch, so the state restored from the checkpoint is put back after it."""
+    state = torch.get_rng_state()
+    iterator = iter(loader)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return
+    torch.set_rng_state(state)
+    yield first
+    yield from iterator
+
+
+def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+    """Set a fresh learning-rate schedule to where ``steps`` updates had taken it."""
+    import warnings
+
+    scheduler.last_epoch = steps - 1
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": deliberate here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from taskzoo_detection.data import DetectionData, read_rgb
+from taskzoo.helpers.plots import save_figure
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#469990", "#9a6324", "#800000", "#000075"]
@@ -68,9 +69,7 @@ def preview_grid(data: DetectionData, previews: dict[int, dict[str, Any]], names
         axis.set_title(data.images[index].name, fontsize=9)
     figure.suptitle(f"validation: true boxes dashed, predictions (score >= {PREVIEW_SCORE}) coloured", fontsize=10)
     figure.tight_layout()
-    figure.savefig(output, dpi=90)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, dpi=90)
 
 
 def plot_precision_recall(curves: dict[str, list[float]], output: Path, map_50: float | None) -> Path:
@@ -92,6 +91,4 @@ def plot_precision_recall(curves: dict[str, list[float]], output: Path, map_50: 
     axis.legend(loc="lower left", fontsize=8)
     axis.set_title("Precision-recall at IoU 0.5" + (f" (mAP@.5 {map_50:.3f})" if map_50 is not None else ""))
     figure.tight_layout()
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, dpi=100)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.weights import available_offline, hub_reachable, locate
+from taskzoo.helpers.augmentation import ItemSeeded
 from taskzoo.helpers.splits import random_split
 from taskzoo.task import Labels, Task, label_details
 from taskzoo.helpers.timm_weights import load_matching, positional_state_dict
@@ -49,13 +50,13 @@ def augmentation(train: bool) -> Any:
     ])
 
 
-class ImagesAndBoxes(Dataset):
+class ImagesAndBoxes(ItemSeeded, Dataset):
     """One item: ``image`` (uint8 tensor C x H x W) and, for annotated data, ``boxes`` (x1 y1 x2 y2),
     ``labels`` and ``crowd``. Crowd regions are dropped when training, as torchvision's references
     do; evaluation keeps them so that COCO's rules ignore detections inside them."""
 
-    def __init__(self, data: DetectionData, train: bool) -> None:
-        self.data, self.train = data, train
+    def __init__(self, data: DetectionData, train: bool, seed: int = 0) -> None:
+        self.data, self.train, self.seed = data, train, seed
         self.transform = augmentation(train)
 
     def __len__(self) -> int:
@@ -79,11 +80,12 @@ class ImagesAndBoxes(Dataset):
             image = tv_tensors.Image(pixels)
             target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(pixels.shape[-2:])),
                       "labels": labels}
-            if len(boxes):
-                image, target = self.transform(image, target)
-            else:
-                # RandomIoUCrop needs boxes to aim at; a negative image only flips and changes colour.
-                image, target = self._negative_transform(image, target)
+            with self.random_for(index):
+                if len(boxes):
+                    image, target = self.transform(image, target)
+                else:
+                    # RandomIoUCrop needs boxes to aim at; a negative image only flips and changes colour.
+                    image, target = self._negative_transform(image, target)
             pixels, boxes, labels = image.as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor), target["labels"]
             crowd = torch.zeros(len(boxes), dtype=torch.bool)
         item.update(image=pixels, boxes=boxes.float(), labels=labels.long(), crowd=crowd)
@@ -203,7 +205,7 @@ class DetectionTask(Task):
 
     def dataloader(self, data: DetectionData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
         self._last_data = data
-        dataset = ImagesAndBoxes(data, train)
+        dataset = ImagesAndBoxes(data, train, seed)
         collate = self._collate_transformers if self._config["family"] == "transformers" else self._collate_torchvision
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, collate_fn=collate)

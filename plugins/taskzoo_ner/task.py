@@ -9,7 +9,8 @@ neighbours on either side as context), and stitched back afterwards.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
 from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
-from taskzoo.helpers.plots import plot_confusion_matrix
+from taskzoo.helpers.plots import plot_confusion_matrix, save_figure
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo.helpers.splits import random_split
@@ -72,6 +73,10 @@ class NerTask(Task):
         kinds = sorted({tag[2:] for s in data.sentences for tag in s.tags or [] if tag != "O"})
         return ["O"] + [f"{prefix}-{kind}" for kind in kinds for prefix in ("B", "I")]
 
+    def parts(self, data: NerData, size: int) -> Iterator[NerData]:
+        for start in range(0, len(data), size):
+            yield replace(data, sentences=data.sentences[start:start + size], repairs=[], notes=[])
+
     def split(self, data: NerData, *, val_fraction: float, seed: int) -> tuple[NerData, NerData]:
         train, val = random_split(len(data), val_fraction, seed)
         if not val or not train:
@@ -90,7 +95,7 @@ class NerTask(Task):
         if not getattr(tokenizer, "is_fast", False):
             raise UserError(f"backbone '{backbone.name}' has no fast tokenizer, which NER needs to align words and sub-words")
         self.tokenizer, self._labels = tokenizer, list(labels)
-        tokenizer.model_max_length = token_limit(tokenizer, self.options.get("max_length"))
+        tokenizer.model_max_length = token_limit(tokenizer, self.options.get("max_length"), f"backbone '{backbone.name}'")
         return TransformersAdapter(network)
 
     @property
@@ -289,6 +294,4 @@ def _plot_per_type(per_type: Mapping[str, Mapping[str, float]], output: Path) ->
     axis.set_title("Entity-level scores per type")
     axis.legend(loc="lower right")
     figure.tight_layout()
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, dpi=110)

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from taskzoo.helpers.plots import save_figure
+
 
 def metrics_against_baseline(metrics: Mapping[str, Any], baseline: Mapping[str, float], names: Sequence[str],
                              k: Any, model_name: str, output: Path) -> Path:
@@ -28,6 +30,4 @@ def metrics_against_baseline(metrics: Mapping[str, Any], baseline: Mapping[str, 
     axis.set_title(f"Ranking quality at k={k}" + (f" on {users} held-out users" if users else ""))
     axis.legend()
     figure.tight_layout()
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, dpi=110)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,13 @@ class RecommendationTask(Task):
     def size(self, data: Any) -> int:
         return len(data.pairs) if getattr(data, "pairs", None) is not None else len(data)
 
+    def parts(self, data: Any, size: int) -> Iterator[Any]:
+        if not isinstance(data, Queries):  # interactions to score are whole users' histories
+            yield data
+            return
+        for start in range(0, len(data), size):
+            yield replace(data, ids=data.ids[start:start + size], lines=data.lines[start:start + size])
+
     def split(self, data: Interactions, *, val_fraction: float, seed: int) -> tuple[Pairs, Pairs]:
         from taskzoo.helpers.splits import _check_fraction
 
@@ -286,7 +294,7 @@ class RecommendationTask(Task):
     def _triples_loader(self, pairs: Pairs, batch_size: int, seed: int) -> DataLoader:
         matrix = _resize(self._with_init_seen(pairs.matrix()), (pairs.n_users, pairs.n_items))
         self._fit_matrix = matrix
-        collate = _TripleCollate(pairs.users, pairs.items, matrix)
+        collate = _TripleCollate(pairs.users, pairs.items, matrix, seed)
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(_Indices(len(pairs)), batch_size=batch_size, shuffle=True, generator=generator,
                           collate_fn=collate)
@@ -481,11 +489,13 @@ class _EvalCollate:
 
 
 class _TripleCollate:
-    """(user, item the user interacted with, item the user did not) for the BPR loss; negatives are
-    drawn uniformly from the torch random state (seeded by the trainer, saved in checkpoints)."""
+    """(user, item the user interacted with, item the user did not) for the BPR loss. Negatives are
+    drawn uniformly from a generator seeded by the run's seed and the batch's examples (which the
+    sampler shuffles anew each epoch), not from the global random state: a run resumed in the middle
+    of an epoch, or loaded by other workers, draws the same negatives as one that ran straight."""
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, matrix: Any) -> None:
-        self.users, self.items = users.astype(np.int64), items.astype(np.int64)
+    def __init__(self, users: np.ndarray, items: np.ndarray, matrix: Any, seed: int = 0) -> None:
+        self.users, self.items, self.seed = users.astype(np.int64), items.astype(np.int64), seed
         self.n_items = matrix.shape[1]
         coo = matrix.tocoo()
         self.positive_keys = np.sort(coo.row.astype(np.int64) * self.n_items + coo.col)
@@ -498,11 +508,12 @@ class _TripleCollate:
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         users, positives = self.users[indices], self.items[indices]
-        negatives = torch.randint(self.n_items, (len(indices),)).numpy()
+        random = np.random.default_rng([self.seed, *indices])
+        negatives = random.integers(self.n_items, size=len(indices), dtype=np.int64)
         for _ in range(3):  # resample the few negatives that are in fact positives
             clash = self._is_positive(users, negatives)
             if not clash.any():
                 break
-            negatives[clash] = torch.randint(self.n_items, (int(clash.sum()),)).numpy()
+            negatives[clash] = random.integers(self.n_items, size=int(clash.sum()), dtype=np.int64)
         return {"users": torch.as_tensor(users), "positives": torch.as_tensor(positives),
                 "negatives": torch.as_tensor(negatives), "index": torch.as_tensor(indices)}

@@ -4,7 +4,7 @@ shared trainer. Images and masks move together through torchvision.transforms.v2
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.weights import available_offline, hub_reachable, locate
-from taskzoo.helpers.plots import plot_confusion_matrix
+from taskzoo.helpers.augmentation import ItemSeeded
+from taskzoo.helpers.plots import plot_confusion_matrix, save_figure
 from taskzoo.helpers.splits import random_split
 from taskzoo.task import Labels, Task, label_details
 from taskzoo.helpers.timm_weights import load_matching, positional_state_dict
@@ -49,9 +50,9 @@ class Segmenter(torch.nn.Module):
         return {"loss": loss, "output": logits}
 
 
-class ImagesAndMasks(Dataset):
-    def __init__(self, data: SegmentationData, transform: Any, classes: Classes | None) -> None:
-        self.data, self.transform, self.classes = data, transform, classes
+class ImagesAndMasks(ItemSeeded, Dataset):
+    def __init__(self, data: SegmentationData, transform: Any, classes: Classes | None, seed: int = 0) -> None:
+        self.data, self.transform, self.classes, self.seed = data, transform, classes, seed
 
     def __len__(self) -> int:
         return len(self.data)
@@ -61,12 +62,13 @@ class ImagesAndMasks(Dataset):
 
         image = tv_tensors.Image(torch.from_numpy(image_array(self.data.images[index]).copy()).permute(2, 0, 1))
         item: dict[str, Any] = {"index": index}
-        if self.data.masks is not None:
-            mask = mask_array(self.data.masks[index], self.classes, self.data.binary_255)
-            image, mask = self.transform(image, tv_tensors.Mask(torch.from_numpy(mask)))
-            item["mask"] = mask.as_subclass(torch.Tensor).long()
-        else:
-            image = self.transform(image)
+        with self.random_for(index):
+            if self.data.masks is not None:
+                mask = mask_array(self.data.masks[index], self.classes, self.data.binary_255)
+                image, mask = self.transform(image, tv_tensors.Mask(torch.from_numpy(mask)))
+                item["mask"] = mask.as_subclass(torch.Tensor).long()
+            else:
+                image = self.transform(image)
         item["image"] = image.as_subclass(torch.Tensor)
         return item
 
@@ -97,6 +99,10 @@ class SegmentationTask(Task):
     def labels(self, data: SegmentationData) -> Labels:
         # Colours and the ignore index travel with the names, to build_model.
         return Labels(data.classes.names, colours=data.classes.colours, ignore_index=data.classes.ignore_index)
+
+    def parts(self, data: SegmentationData, size: int) -> Iterator[SegmentationData]:
+        for start in range(0, len(data), size):
+            yield data.subset(list(range(start, min(start + size, len(data)))))
 
     def split(self, data: SegmentationData, *, val_fraction: float, seed: int) -> tuple[SegmentationData, SegmentationData]:
         if data.val is not None:
@@ -129,6 +135,11 @@ class SegmentationTask(Task):
         if backbone.source not in ("timm", "package"):
             raise UserError(f"backbone '{backbone.name}': segmentation takes timm encoders; see 'tasks backbones segmentation'")
         network = self._network(self._architecture, self._encoder, len(labels), pretrained and backbone.source == "timm")
+        stride = network.encoder.output_stride if getattr(network, "requires_divisible_input_shape", False) else 1
+        if self.image_size % stride:
+            up = (self.image_size // stride + 1) * stride
+            raise UserError(f"--image-size {self.image_size}: the {self._architecture} network on {self._encoder} "
+                            f"takes sides divisible by {stride}; use {up - stride if up > stride else up} or {up}")
         if pretrained and backbone.source == "package":
             load_matching(network.encoder.model, positional_state_dict(Path(locate(backbone)), backbone.name))
         details = label_details(labels)
@@ -151,7 +162,7 @@ class SegmentationTask(Task):
         return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def dataloader(self, data: SegmentationData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
-        dataset = ImagesAndMasks(data, self._transform(train), data.classes if data.classes.from_file else None)
+        dataset = ImagesAndMasks(data, self._transform(train), data.classes if data.classes.from_file else None, seed)
         self._last_data = data
         # BatchNorm cannot train on a batch of one: drop a last batch that small.
         drop_last = train and len(dataset) % batch_size == 1
@@ -281,6 +292,4 @@ class SegmentationTask(Task):
                 axes[row][column].set_title(title, fontsize=9)
                 axes[row][column].axis("off")
         figure.tight_layout()
-        figure.savefig(output, dpi=90)
-        plt.close(figure)
-        return output
+        return save_figure(figure, output, dpi=90)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from taskzoo import DataError, Finding
-from taskzoo.helpers.tables import find_column, is_number, read_table, read_text
+from taskzoo.helpers.tables import find_column, is_number, read_table, read_table_parts, read_text
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content", "body", "comment", "review_text", "document", "tweet", "message")
 LABEL_COLUMNS = ("label", "sentiment", "stars", "rating", "class", "polarity", "target", "category")
@@ -103,34 +103,81 @@ def read_texts(
     if role == "predict" and path.suffix.lower() == ".txt":
         return _read_lines(path)
     frame = read_table(path)
-    columns = list(frame.columns)
+    text_col, label_col = _columns(path, list(frame.columns), role, text_column, label_column)
+    data = _from_frame(path, frame, 1, role, text_col, label_col)
+    labels, rows = data.labels, data.rows
+    if labels is not None and labels and all(is_number(label) for label in labels):
+        data.labels = labels = _same_numbers_one_label(path, label_col, rows, labels, known_labels)
+    if labels is not None:
+        if role == "train" and len(set(labels)) < 2:
+            raise DataError(
+                f"{path}: column '{label_col}' has a single class ('{labels[0]}'); at least two classes are needed"
+            )
+        if known_labels is not None:
+            allowed = set(known_labels)
+            for row, label in zip(rows, labels):
+                if label not in allowed:
+                    raise DataError(
+                        f"{path}: row {row}, column '{label_col}': label '{label}' was never seen in training "
+                        f"(known: {', '.join(known_labels)})"
+                    )
+    return data
+
+
+def read_texts_in_parts(path: Path, rows: int, *, text_column: str | None = None) -> Iterator[TextData]:
+    """Texts to predict for, ``rows`` at a time, read as they go (CSV, TSV or plain lines), so that
+    memory does not grow with the file; row numbers are those of the whole file."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        yield from _lines_in_parts(path, rows)
+        return
+    text_col = None
+    found = False
+    for first, frame in read_table_parts(path, rows):
+        if text_col is None:
+            text_col, _ = _columns(path, list(frame.columns), "predict", text_column, None)
+        part = _from_frame(path, frame, first, "predict", text_col, None, whole_file=False)
+        if part.texts:
+            found = True
+            yield part
+    if not found:
+        raise DataError(f"{path}: column '{text_col}' has no usable text (every row is empty)")
+
+
+def _columns(path: Path, columns: list[str], role: str, text_column: str | None,
+             label_column: str | None) -> tuple[str, str | None]:
     text_col = find_column(path, columns, text_column, TEXT_COLUMNS, "text", "--text-column")
     if text_col is None:
         raise DataError(
             f"{path}: no text column among {', '.join(columns)}; expected one of "
             f"{', '.join(TEXT_COLUMNS)}, or name it with --text-column"
         )
-    needs_labels = role in ("train", "val", "test")
     label_col = find_column(path, columns, label_column, LABEL_COLUMNS, "label", "--label-column")
-    if needs_labels and label_col is None:
+    if role in ("train", "val", "test") and label_col is None:
         raise DataError(
             f"{path}: no label column among {', '.join(columns)}; expected one of "
             f"{', '.join(LABEL_COLUMNS)}, or name it with --label-column"
         )
     if label_col == text_col:
         raise DataError(f"{path}: the text and label columns are both '{text_col}'")
+    return text_col, label_col
 
+
+def _from_frame(path: Path, frame: Any, first_row: int, role: str, text_col: str, label_col: str | None,
+                *, whole_file: bool = True) -> TextData:
+    """The usable rows of ``frame`` (whose first data row is ``first_row`` of the file)."""
+    needs_labels = role in ("train", "val", "test")
     raw_texts = [_cell(v) for v in frame[text_col].tolist()]
     raw_labels = [_cell(v) for v in frame[label_col].tolist()] if label_col and needs_labels else None
     present = [t for t in raw_texts if t is not None]
-    if present and all(is_number(t) for t in present):
+    if present and all(is_number(t) for t in present) and (whole_file or first_row == 1):
         raise DataError(f"{path}: column '{text_col}' holds numbers, not text; name the text column with --text-column")
 
     texts, labels, rows, records, dropped = [], [], [], [], []
     unlabelled = []
     frame_records = frame.to_dict(orient="records")
     for index, text in enumerate(raw_texts):
-        row = index + 1
+        row = first_row + index
         if text is None:
             dropped.append((row, "empty text"))
             continue
@@ -147,29 +194,45 @@ def read_texts(
             f"{path}: column '{label_col}' is empty or NaN on row {_rows_text(unlabelled)}; "
             f"every {role} row needs a label"
         )
-    if not texts:
+    if not texts and whole_file:
         raise DataError(f"{path}: column '{text_col}' has no usable text (all {len(raw_texts)} rows are empty)")
-
-    if raw_labels is not None and labels and all(is_number(label) for label in labels):
-        labels = _same_numbers_one_label(path, label_col, rows, labels, known_labels)
-    if raw_labels is not None:
-        if role == "train" and len(set(labels)) < 2:
-            raise DataError(
-                f"{path}: column '{label_col}' has a single class ('{labels[0]}'); at least two classes are needed"
-            )
-        if known_labels is not None:
-            allowed = set(known_labels)
-            for row, label in zip(rows, labels):
-                if label not in allowed:
-                    raise DataError(
-                        f"{path}: row {row}, column '{label_col}': label '{label}' was never seen in training "
-                        f"(known: {', '.join(known_labels)})"
-                    )
     return TextData(
         path=path, texts=texts, labels=labels if raw_labels is not None else None, rows=rows,
         text_column=text_col, label_column=label_col if raw_labels is not None else None,
-        columns=columns, records=records, dropped=dropped,
+        columns=list(frame.columns), records=records, dropped=dropped,
     )
+
+
+def _lines_in_parts(path: Path, size: int) -> Iterator[TextData]:
+    """A plain text file for prediction, one text per non-empty line, ``size`` texts at a time."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    texts: list[str] = []
+    rows: list[int] = []
+    found, number = False, 0
+    with path.open(encoding="utf-8-sig") as stream:
+        try:
+            for number, line in enumerate(stream, start=1):
+                if line.strip():
+                    texts.append(line.strip())
+                    rows.append(number)
+                if len(texts) == size:
+                    found = True
+                    yield _lines(path, texts, rows)
+                    texts, rows = [], []
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: line {number + 1}: byte 0x{error.object[error.start]:02x} is not valid UTF-8; "
+                            "save the file as UTF-8 (e.g. 'iconv -f latin1 -t utf-8')") from None
+    if texts:
+        found = True
+        yield _lines(path, texts, rows)
+    if not found:
+        raise DataError(f"{path}: no non-empty lines to predict for")
+
+
+def _lines(path: Path, texts: list[str], rows: list[int]) -> TextData:
+    return TextData(path=path, texts=texts, labels=None, rows=rows, text_column="text", label_column=None,
+                    columns=["text"], records=[{"text": t} for t in texts])
 
 
 def _read_lines(path: Path) -> TextData:
@@ -181,8 +244,7 @@ def _read_lines(path: Path) -> TextData:
             rows.append(number)
     if not texts:
         raise DataError(f"{path}: no non-empty lines to predict for")
-    return TextData(path=path, texts=texts, labels=None, rows=rows, text_column="text", label_column=None,
-                    columns=["text"], records=[{"text": t} for t in texts])
+    return _lines(path, texts, rows)
 
 
 def check(data: TextData) -> list[Finding]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from taskzoo.helpers.plots import plot_confusion_matrix
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo.helpers.splits import stratified_split
-from taskzoo_sentiment.data import TextData, read_texts, sort_labels
+from taskzoo_sentiment.data import TextData, read_texts, read_texts_in_parts, sort_labels
 
 class SentimentTask(Task):
     inline_input = "text"
@@ -43,6 +43,17 @@ class SentimentTask(Task):
             text_column="text", label_column=None, columns=["text"], records=[{"text": t} for t in texts],
         )
 
+    def read_parts(self, path: Path, *, role: str, labels: Sequence[str] | None = None,
+                   size: int) -> Iterator[TextData]:
+        if role != "predict" or Path(path).suffix.lower() not in (".csv", ".tsv", ".txt"):
+            yield from super().read_parts(path, role=role, labels=labels, size=size)
+            return
+        yield from read_texts_in_parts(path, size, text_column=self.options.get("text_column"))
+
+    def parts(self, data: TextData, size: int) -> Iterator[TextData]:
+        for start in range(0, len(data), size):
+            yield data.subset(range(start, min(start + size, len(data))))
+
     def labels(self, data: TextData) -> list[str]:
         return sort_labels(set(data.labels or []))
 
@@ -62,7 +73,7 @@ class SentimentTask(Task):
 
         tokenizer, network = build_classifier(AutoModelForSequenceClassification, backbone, labels)
         self.tokenizer, self._labels = tokenizer, list(labels)
-        self.max_length = token_limit(tokenizer, self.options.get("max_length"))
+        self.max_length = token_limit(tokenizer, self.options.get("max_length"), f"backbone '{backbone.name}'")
         tokenizer.model_max_length = self.max_length
         return TransformersAdapter(network)
 

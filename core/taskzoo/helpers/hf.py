@@ -59,10 +59,14 @@ def load_pretrained(backbone: BackboneSpec, load: Callable[[str, bool], T]) -> T
         ) from None
 
 
-def token_limit(tokenizer: Any, requested: int | None) -> int:
-    """``requested`` (``--max-length``) capped at what the backbone takes."""
-    limit = min(tokenizer.model_max_length, LONGEST_SUPPORTED)
-    return min(requested or limit, limit)
+def token_limit(tokenizer: Any, requested: int | None, backbone: str = "the backbone") -> int:
+    """``requested`` (``--max-length``), or the longest input the backbone takes when not given; a
+    request beyond what the backbone takes (its position embeddings end there) is a `UserError`."""
+    # Tokenizers that do not know their model's limit report a huge number.
+    known = tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else None
+    if requested is not None and known is not None and requested > known:
+        raise UserError(f"--max-length {requested}: {backbone} takes at most {known} tokens")
+    return requested or min(known or LONGEST_SUPPORTED, LONGEST_SUPPORTED)
 
 
 class TransformersAdapter(torch.nn.Module):

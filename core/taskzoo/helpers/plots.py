@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["plot_confusion_matrix", "plot_training_curves"]
+__all__ = ["plot_confusion_matrix", "plot_training_curves", "save_figure"]
 
 
 def _pyplot():
@@ -16,6 +17,19 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(figure: Any, output: Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure and close it. Written beside ``output`` and renamed over it, so a
+    picture in a run folder is never half drawn, whenever the run is stopped."""
+    import os
+
+    output = Path(output)
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    figure.savefig(partial, dpi=dpi)
+    os.replace(partial, output)
+    _pyplot().close(figure)
+    return output
 
 
 def plot_training_curves(metrics_jsonl: Path, output: Path, main_metric: str) -> Path | None:
@@ -49,9 +63,7 @@ def plot_training_curves(metrics_jsonl: Path, output: Path, main_metric: str) ->
     metric_axis.set_title(f"Validation {main_metric}")
     metric_axis.xaxis.get_major_locator().set_params(integer=True)
     figure.tight_layout()
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, dpi=110)
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], output: Path, title: str) -> Path:
@@ -75,6 +87,4 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
     figure.colorbar(image, ax=axis, fraction=0.046, label="share of true label")
     axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, dpi=110)

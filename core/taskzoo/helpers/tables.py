@@ -21,6 +21,7 @@ __all__ = [
     "json_lines",
     "json_lines_text",
     "read_table",
+    "read_table_parts",
     "read_text",
     "write_or_return",
 ]
@@ -84,6 +85,54 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: no data rows (only a header?)")
     frame.columns = [str(column).strip() for column in frame.columns]
     return frame
+
+
+def read_table_parts(path: Path, rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
+    """`read_table` in parts of at most ``rows`` data rows, each with the number of its first row:
+    a CSV or TSV file is read as it goes (JSON Lines is read whole, then cut), so that a file too
+    large to hold twice over can still be predicted for."""
+    import pandas as pd
+
+    kind = TABLE_FORMATS.get(path.suffix.lower())
+    if kind == "jsonl" or kind is None:
+        frame = read_table(path)
+        for start in range(0, len(frame), rows):
+            yield start + 1, frame.iloc[start:start + rows].reset_index(drop=True)
+        return
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file")
+    separator = "\t" if kind == "tsv" else ","
+    first, header = 1, None
+    with path.open(encoding="utf-8-sig", newline="") as stream:
+        reader = None
+        while True:
+            try:
+                with warnings.catch_warnings():  # only around the reading, not while the caller works
+                    warnings.simplefilter("error", pd.errors.ParserWarning)
+                    if reader is None:
+                        reader = pd.read_csv(stream, sep=separator, dtype=str, keep_default_na=False,
+                                             index_col=False, chunksize=rows)
+                    frame = next(reader, None)
+            except pd.errors.ParserWarning:
+                raise DataError(f"{path}: rows have more fields than the header; quote fields that contain the "
+                                f"separator {separator!r}") from None
+            except pd.errors.ParserError as error:
+                raise DataError(f"{path}: malformed {kind.upper()}: {' '.join(str(error).split())}") from None
+            except pd.errors.EmptyDataError:
+                raise DataError(f"{path}: the file is empty") from None
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}: after data row {first - 1}: byte 0x{error.object[error.start]:02x} is "
+                                "not valid UTF-8; save the file as UTF-8 (e.g. 'iconv -f latin1 -t utf-8')") from None
+            if frame is None:
+                break
+            frame.columns = [str(column).strip() for column in frame.columns]
+            header = header or list(frame.columns)
+            yield first, frame
+            first += len(frame)
+    if header is None or first == 1:
+        raise DataError(f"{path}: no data rows (only a header?)")
 
 
 def json_lines(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
