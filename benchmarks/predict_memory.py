@@ -1,8 +1,10 @@
 """Peak memory of ``tasks predict`` as the input grows: in parts (taskzoo) against all at once.
 
-Trains a small sentiment run (or takes ``--model``), writes CSV files of N review lines, and runs
-``tasks predict --data FILE --output preds.csv`` on each in a subprocess of its own, reading the
-child's peak resident memory from the kernel (``wait4``). Two arms on the same files:
+Trains a small run (or takes ``--model``), writes input files of N lines, and runs ``tasks predict
+--data FILE --output preds.csv`` on each in a subprocess of its own, reading the child's peak
+resident memory from the kernel (``wait4``). ``--task sentiment`` (default): N review lines for a
+MiniLM run. ``--task recommendation``: N user ids, each asking for 10 items, for an ALS run on
+synthetic interactions of 100,000 users and 5,000 items. Two arms on the same files:
 
 - ``parts``: taskzoo as shipped; inputs are encoded, scored and written `PART_SIZE` at a time;
 - ``whole``: the same command with the part size set above N, i.e. everything encoded, scored and
@@ -12,6 +14,7 @@ The outputs of both arms are compared byte for byte (the quality check: parts ch
 
     python benchmarks/predict_memory.py                          # 10k and 100k lines, both arms
     python benchmarks/predict_memory.py --sizes 10000 100000 1000000     # whole arm up to 100k lines
+    python benchmarks/predict_memory.py --task recommendation --sizes 1000 100000
 """
 
 from __future__ import annotations
@@ -38,11 +41,37 @@ main()
 """
 
 
-def train(folder: Path, max_length: int) -> Path:
+USERS, ITEMS = 100_000, 5_000
+
+
+def train(task: str, folder: Path, max_length: int) -> Path:
     import taskzoo
 
+    if task == "recommendation":
+        return taskzoo.train("recommendation", data=write_interactions(folder.parent / "interactions.csv"),
+                             output=folder, progress=False, device="cpu").folder
     return taskzoo.train("sentiment", data=ROOT / "examples" / "reviews.csv", epochs=1, max_length=max_length,
                          output=folder, progress=False, device="cpu").folder
+
+
+def write_interactions(path: Path) -> Path:
+    """Eight interactions per user, items drawn with a heavy-tailed popularity; seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    popularity = rng.pareto(1.2, ITEMS) + 0.1
+    items = rng.choice(ITEMS, size=(USERS, 8), p=popularity / popularity.sum())
+    with path.open("w", encoding="utf-8") as target:
+        target.write("user_id,item_id\n")
+        for user, row in enumerate(items):
+            target.writelines(f"u{user},i{item}\n" for item in row)
+    return path
+
+
+def write_users(path: Path, lines: int) -> Path:
+    with path.open("w", encoding="utf-8") as target:
+        target.writelines(f"u{number % USERS}\n" for number in range(lines))
+    return path
 
 
 def write_inputs(path: Path, lines: int) -> Path:
@@ -73,7 +102,8 @@ def run_arm(arm: str, model: Path, data: Path, output: Path, threads: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="a complete sentiment run (default: train one, ~1 min)")
+    parser.add_argument("--task", choices=("sentiment", "recommendation"), default="sentiment")
+    parser.add_argument("--model", type=Path, help="a complete run of --task (default: train one, ~1 min)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--arms", nargs="+", choices=("parts", "whole"), default=["parts", "whole"])
     parser.add_argument("--whole-up-to", type=int, default=100_000,
@@ -86,10 +116,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        model = args.model or train(scratch / "run", args.max_length)
+        model = args.model or train(args.task, scratch / "run", args.max_length)
         results = []
         for size in args.sizes:
-            data = write_inputs(scratch / f"lines-{size}.csv", size)
+            data = (write_users(scratch / f"users-{size}.txt", size) if args.task == "recommendation"
+                    else write_inputs(scratch / f"lines-{size}.csv", size))
             outputs = {}
             for arm in args.arms:
                 if arm == "whole" and size > args.whole_up_to:

@@ -168,6 +168,19 @@ def test_long_sentences_become_windows_covering_every_word_once(task, tmp_path, 
         assert all(item["word_index"][-2] < 0 for item in items[:-1])
 
 
+def test_parts_keep_the_sentence_numbers_of_the_whole_file(task, tmp_path):
+    """Metrics stitch windows back into sentences by number: parts scored one after another must
+    not number their sentences from 0 again (sentences of different parts would merge)."""
+    task.tokenizer.model_max_length = 12
+    text = "\n".join(f"Aspirin B-DRUG\nat O\nMayo{'x' * i} B-ORG\n" for i in range(5))
+    data = read_ner(write(tmp_path, "five.conll", text), role="test")
+    whole = [(item["sentence"], item["start"], item["labels"]) for item in task.windows(data)]
+    parted = [(item["sentence"], item["start"], item["labels"]) for part in task.parts(data, 2)
+              for item in task.windows(part)]
+    assert [p.first for p in task.parts(data, 2)] == [0, 2, 4]
+    assert parted == whole and sorted({sentence for sentence, _, _ in parted}) == [0, 1, 2, 3, 4]
+
+
 def test_decoded_spans_index_back_into_raw_text(task):
     task.options["text"] = ["Gave aspirin at St. Mary's Hospital."]
     data = task.inputs_from_options()

@@ -427,6 +427,9 @@ def _for_inference(loaded: Loaded, loader: Any) -> tuple[Any, Any]:
     return accelerator.prepare_model(loaded.model, evaluation_mode=True), accelerator.prepare_data_loader(loader)
 
 
+PART_SIZE = 4096  # inputs encoded, scored and written at a time: memory does not grow with the input
+
+
 def evaluation_folder(run: Path, data: Path, output: Path | None) -> Path:
     """Where ``evaluate`` writes: ``--output``, else ``RUN/eval-<stem>``, numbered when another file
     of the same name was evaluated there before (evaluating the same file again replaces it)."""
@@ -456,18 +459,25 @@ class Evaluation:
 
 def evaluate(folder: Path, data: Path, given: Mapping[str, Any], notify: Notify = _quiet,
              loaded: Loaded | None = None) -> Evaluation:
-    """Score a finished run on labelled data; write ``metrics.json`` and pictures."""
+    """Score a finished run on labelled data; write ``metrics.json`` and pictures.
+
+    The data is read and checked whole, then encoded and scored in parts of `PART_SIZE` (`Task.parts`),
+    keeping of each example only what the metrics need."""
     from taskzoo.specs import MetricContext
-    from taskzoo.trainer import evaluate as run_evaluation
+    from taskzoo.trainer import Scored, score
 
     loaded = loaded or load(folder, "evaluate", given, notify)
     task = loaded.task
     labels = task.labels_of_model
     test = read_checked(task, data, "test", notify, labels=labels)
-    loader = task.dataloader(test, batch_size=loaded.batch_size, train=False, seed=0)
-    model, loader = _for_inference(loaded, loader)
-    metrics, _ = run_evaluation(loaded.accelerator, model, loader, task, get_host().metrics(loaded.spec.name),
-                                MetricContext(task=loaded.spec.name, labels=tuple(labels)))
+    scored = Scored()
+    for part in task.parts(test, PART_SIZE):
+        loader = task.dataloader(part, batch_size=loaded.batch_size, train=False, seed=0)
+        model, loader = _for_inference(loaded, loader)
+        score(loaded.accelerator, model, loader, task, into=scored)
+        del loader, model
+        loaded.accelerator.free_memory()
+    metrics = scored.metrics(get_host().metrics(loaded.spec.name), MetricContext(task=loaded.spec.name, labels=tuple(labels)))
     out_dir = evaluation_folder(Path(folder), Path(data), given.get("output"))
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(out_dir / "metrics.json", {"data": str(data), "examples": task.size(test), **metrics})
@@ -482,7 +492,6 @@ class Prediction:
     size: int
 
 
-PART_SIZE = 4096  # inputs encoded, scored and written at a time: memory does not grow with the input
 _APPENDABLE = {".csv": True, ".tsv": True, ".txt": True, ".jsonl": False}  # suffix -> may start with a header
 
 

@@ -157,10 +157,12 @@ class Task:
         yield from self.parts(self.read(path, role=role, labels=labels), size)
 
     def parts(self, data: Any, size: int) -> Iterator[Any]:
-        """``data`` in consecutive parts of at most ``size`` examples, for ``predict`` to encode,
-        score and write one part at a time (memory that does not grow with the input). Each part
-        must be data that `dataloader`, `records` and `write_predictions` take, keeping what the
-        written predictions name (row and line numbers). The default is one part: all of it."""
+        """``data`` in consecutive parts of at most ``size`` examples, for ``predict`` and
+        ``evaluate`` to encode and score one part at a time (memory that does not grow with the
+        input). Each part must be data that `dataloader`, `records` and `write_predictions` take,
+        keeping what the written predictions name (row and line numbers) and whatever the metrics
+        group examples by (a sentence or image number must not start again at 0 in each part).
+        The default is one part: all of it."""
         yield data
 
     # -- model -----------------------------------------------------------------------------------

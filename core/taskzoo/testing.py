@@ -366,6 +366,29 @@ class TaskConformance:
         written = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
         assert written(tmp_path / "parted") == written(tmp_path / "whole"), "predicting in parts changed the output"
 
+    def test_evaluates_in_parts_as_in_one(self, taskzoo_host: PluginHost, trained_run: Path, sample: SampleData,
+                                          sample_paths: dict[str, Path], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """Large test sets are scored a part at a time; the metrics must not show it (a sentence or
+        image number that starts again at 0 in each part would merge examples)."""
+        from taskzoo import pipeline
+
+        args = ["evaluate", "--model", trained_run, "--data", sample_paths["test"], "--device", "cpu", "--output"]
+        assert invoke(taskzoo_host, args + [tmp_path / "whole"]).exit_code == 0
+        monkeypatch.setattr(pipeline, "PART_SIZE", 2)
+        result = invoke(taskzoo_host, args + [tmp_path / "parted"])
+        assert result.exit_code == 0, _explain(result)
+        metrics = lambda name: json.loads((tmp_path / name / "metrics.json").read_text(encoding="utf-8"))  # noqa: E731
+        whole, parted = metrics("whole"), metrics("parted")
+        assert parted.keys() == whole.keys()
+        # The loss is a mean per batch (over tokens, pixels...), and parts form other batches.
+        whole.pop("loss", None), parted.pop("loss", None)
+        for name, value in whole.items():
+            if isinstance(value, float):
+                assert parted[name] == pytest.approx(value, abs=1e-6), f"{name}: {parted[name]} in parts, {value} in one"
+            else:
+                assert parted[name] == value, f"{name} differs when evaluated in parts"
+
     def test_predict_refuses_missing_input(self, taskzoo_host: PluginHost, trained_run: Path,
                                            sample_paths: dict[str, Path], tmp_path: Path) -> None:
         missing = tmp_path / f"missing{sample_paths['predict'].suffix}"

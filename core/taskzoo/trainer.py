@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,46 @@ def _progress(accelerator: Accelerator, loader: Any, description: str) -> Any:
                 disable=not (accelerator.is_local_main_process and progress.show()))
 
 
+@dataclass
+class Scored:
+    """What evaluation keeps of each example: the task's (compact) prediction and reference, and
+    the summed loss. Parts of one data set are scored one after another and added up."""
+
+    predictions: list[Any] = field(default_factory=list)
+    references: list[Any] = field(default_factory=list)
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+    def metrics(self, metrics: Sequence[MetricSpec], context: MetricContext) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        if self.loss_count:
+            results["loss"] = self.loss_sum / self.loss_count
+        for metric in metrics:
+            results[metric.name] = metric.compute(self.predictions, self.references, context)
+        return results
+
+
 @torch.no_grad()
+def score(accelerator: Accelerator, model: torch.nn.Module, loader: Any, task: Task,
+          into: Scored | None = None) -> Scored:
+    """Run ``model`` over ``loader`` on every process; add each example's prediction and reference
+    (in loader order) and the loss to ``into``."""
+    model.eval()
+    scored = into if into is not None else Scored()
+    for batch in _progress(accelerator, loader, "evaluating"):
+        out = model(batch)
+        if out.get("loss") is not None:
+            size = batch_size_of(batch)
+            losses = accelerator.gather_for_metrics(out["loss"].detach().float().reshape(1).repeat(size))
+            scored.loss_sum += float(losses.sum())
+            scored.loss_count += int(losses.numel())
+        local = list(zip(task.predictions(batch, out["output"]), task.references(batch)))
+        for prediction, reference in accelerator.gather_for_metrics(local, use_gather_object=True):
+            scored.predictions.append(prediction)
+            scored.references.append(reference)
+    return scored
+
+
 def evaluate(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -234,26 +273,8 @@ def evaluate(
     context: MetricContext,
 ) -> tuple[dict[str, Any], list[Any]]:
     """Run ``model`` over ``loader`` on every process; return (metrics, predictions in loader order)."""
-    model.eval()
-    pairs: list[tuple[Any, Any]] = []
-    loss_sum, loss_count = 0.0, 0
-    for batch in _progress(accelerator, loader, "evaluating"):
-        out = model(batch)
-        if out.get("loss") is not None:
-            size = batch_size_of(batch)
-            losses = accelerator.gather_for_metrics(out["loss"].detach().float().reshape(1).repeat(size))
-            loss_sum += float(losses.sum())
-            loss_count += int(losses.numel())
-        local = list(zip(task.predictions(batch, out["output"]), task.references(batch)))
-        pairs.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
-    predictions = [p for p, _ in pairs]
-    references = [r for _, r in pairs]
-    results: dict[str, Any] = {}
-    if loss_count:
-        results["loss"] = loss_sum / loss_count
-    for metric in metrics:
-        results[metric.name] = metric.compute(predictions, references, context)
-    return results, predictions
+    scored = score(accelerator, model, loader, task)
+    return scored.metrics(metrics, context), scored.predictions
 
 
 @torch.no_grad()

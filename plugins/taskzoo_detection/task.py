@@ -5,7 +5,7 @@ torchvision.transforms.v2."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,10 @@ class DetectionTask(Task):
         # The data set's own category ids travel with the names, to build_model (and predictions).
         return Labels(data.categories, category_ids=list(data.category_ids))
 
+    def parts(self, data: DetectionData, size: int) -> Iterator[DetectionData]:
+        for start in range(0, len(data), size):
+            yield data.subset(list(range(start, min(start + size, len(data)))))
+
     def split(self, data: DetectionData, *, val_fraction: float, seed: int) -> tuple[DetectionData, DetectionData]:
         if data.val is not None:
             return data.subset(list(range(len(data)))), data.val
@@ -204,7 +208,8 @@ class DetectionTask(Task):
     # -- batches ---------------------------------------------------------------------------------
 
     def dataloader(self, data: DetectionData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
-        self._last_data = data
+        if not train:  # previews picture the last data scored (one part of a large evaluation)
+            self._last_data, self._previews = data, {}
         dataset = ImagesAndBoxes(data, train, seed)
         collate = self._collate_transformers if self._config["family"] == "transformers" else self._collate_torchvision
         generator = torch.Generator().manual_seed(seed)

@@ -52,6 +52,8 @@ class NerData:
     scheme: str | None = None
     repairs: list[tuple[int, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Number of the first sentence in the file: the parts of one file keep distinct sentence numbers.
+    first: int = 0
 
     def __len__(self) -> int:
         return len(self.sentences)

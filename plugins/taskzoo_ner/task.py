@@ -75,7 +75,8 @@ class NerTask(Task):
 
     def parts(self, data: NerData, size: int) -> Iterator[NerData]:
         for start in range(0, len(data), size):
-            yield replace(data, sentences=data.sentences[start:start + size], repairs=[], notes=[])
+            yield replace(data, sentences=data.sentences[start:start + size], repairs=[], notes=[],
+                          first=data.first + start)
 
     def split(self, data: NerData, *, val_fraction: float, seed: int) -> tuple[NerData, NerData]:
         train, val = random_split(len(data), val_fraction, seed)
@@ -159,7 +160,7 @@ class NerTask(Task):
                     labels.append(label_ids[sentence.tags[position]] if predicted else IGNORED)
                 previous = word
             item = {key: encoded[key][row] for key in TOKEN_FIELDS if key in encoded}
-            item.update(word_index=word_index, sentence=sentence_index, start=first)
+            item.update(word_index=word_index, sentence=data.first + sentence_index, start=first)
             if sentence.tags is not None:
                 item["labels"] = labels
             items.append(item)
@@ -224,7 +225,7 @@ class NerTask(Task):
             windows[item["sentence"]].append(item)
         records = []
         for index, sentence in enumerate(data.sentences):
-            parts = sorted(windows[index], key=lambda item: item["start"])
+            parts = sorted(windows[data.first + index], key=lambda item: item["start"])
             tags = [self.labels_of_model[t] for part in parts for t in part["tags"]]
             scores = [s for part in parts for s in part["scores"]]
             text, offsets = sentence.surface()

@@ -163,7 +163,8 @@ class SegmentationTask(Task):
 
     def dataloader(self, data: SegmentationData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
         dataset = ImagesAndMasks(data, self._transform(train), data.classes if data.classes.from_file else None, seed)
-        self._last_data = data
+        if not train:  # previews picture the last data scored (one part of a large evaluation)
+            self._last_data, self._previews = data, {}
         # BatchNorm cannot train on a batch of one: drop a last batch that small.
         drop_last = train and len(dataset) % batch_size == 1
         generator = torch.Generator().manual_seed(seed)
