@@ -11,20 +11,23 @@ Plugins import the records they declare from here too (`TaskSpec`, `BackboneSpec
 ``__all__`` are promised. This module stays cheap to import: no torch, no transformers.
 """
 
-from taskzoo.api import Run, backbones, check, load, tasks, train
+from taskzoo.api import Run, Tune, backbones, check, load, tasks, train, tune
 from taskzoo.errors import DataError, RunInterrupted, UserError
 from taskzoo.hookspecs import hookimpl
-from taskzoo.specs import BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, TaskSpec
+from taskzoo.specs import (BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, SearchParam, TaskSpec,
+                           training_space)
 from taskzoo.version import __version__
 
 __all__ = [
     # using taskzoo
     "Run",
+    "Tune",
     "backbones",
     "check",
     "load",
     "tasks",
     "train",
+    "tune",
     "UserError",
     "DataError",
     "RunInterrupted",
@@ -35,7 +38,9 @@ __all__ = [
     "MetricSpec",
     "Option",
     "SampleData",
+    "SearchParam",
     "TaskSpec",
+    "training_space",
     "hookimpl",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""taskzoo from Python: `train`, `load`, `Run`, `check`, `tasks`, `backbones`.
+"""taskzoo from Python: `train`, `tune`, `load`, `Run`, `check`, `tasks`, `backbones`.
 
 Every keyword argument is a ``tasks`` option under its underscored name, with the same default and
 the same checks (`taskzoo.options`); a wrong name or value raises `taskzoo.UserError` with the
@@ -153,6 +153,39 @@ def train(task: str, data: PathArg | None = None, *, config: PathArg | None = No
     with _progress.shown(progress):
         result = pipeline.train(spec, values, resume=resume_path, notify=_warn)
     return Run(result.folder, progress=progress)
+
+
+class Tune:
+    """A hyperparameter search's folder: ``summary`` (its ``summary.json``: best and default trials,
+    every trial's state, value and parameters), ``best`` (the best trial's `Run`), ``folder``."""
+
+    def __init__(self, folder: PathArg, summary: dict[str, Any], *, progress: bool = True) -> None:
+        self.folder, self.summary, self.progress = Path(folder), summary, progress
+
+    @property
+    def best(self) -> Run | None:
+        best = self.summary.get("best")
+        return Run(best["folder"], progress=self.progress) if best and best.get("folder") else None
+
+    def __repr__(self) -> str:
+        best = self.summary.get("best")
+        score = f", best {self.summary['main_metric']}={best['value']:.4f}" if best else ""
+        return f"Tune('{self.folder}', {self.summary.get('finished', 0)} finished trials{score})"
+
+
+def tune(task: str, data: PathArg | None = None, *, trials: int = 20, space: PathArg | None = None,
+         progress: bool = True, **options: Any) -> Tune:
+    """Search hyperparameters as ``tasks tune TASK --data DATA --trials N`` does; returns the study's
+    summary and best run. Keywords are the options of ``tasks tune`` (``timeout="2h"``,
+    ``storage=...``, ``study=...``, ``output=...``) and of ``tasks run`` (fixed for every trial)."""
+    from taskzoo import tuning
+
+    spec = _task(task)
+    given = {**options, "trials": trials, **({"data": data} if data is not None else {}),
+             **({"space": space} if space is not None else {})}
+    with _progress.shown(progress):
+        result = tuning.tune(spec, given, _warn)
+    return Tune(result.folder, result.summary, progress=progress)
 
 
 def load(folder: PathArg, *, progress: bool = True) -> Run:

@@ -257,10 +257,7 @@ def _task_command(spec: TaskSpec, action: str) -> click.Command:
     params = [click_option(option, task_defaults.get(option.key)) for option in schema.for_command(spec, action)]
 
     def callback(**params: Any) -> None:
-        if action == "run":
-            _run(spec, given_values(params))
-        else:
-            _check(spec, given_values(params))
+        {"run": _run, "check": _check, "tune": _tune}[action](spec, given_values(params))
 
     defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
     help_text = f"{spec.description}\n\nData: {', '.join(spec.data_formats)}."
@@ -303,6 +300,34 @@ def _run(spec: TaskSpec, given: dict[str, Any]) -> None:
         click.echo(f"best {result.main_metric} {best:.4f} at epoch {result.summary['best_epoch']}"
                    if best is not None else "no epoch finished")
         click.echo(f"run folder: {result.folder}")
+
+
+@cli.group("tune", cls=TaskCommandGroup, action="tune")
+def tune_group() -> None:
+    """Search hyperparameters with Optuna: tasks tune TASK --data FILE --trials N.
+
+    Every trial is an ordinary run folder under the tune folder; summary.json, pictures of the
+    search and a 'best' link to the best trial's run are written as trials finish. Running the same
+    command again continues the study; 'tasks tune TASK --show-space' prints what is searched.
+    """
+
+
+def _tune(spec: TaskSpec, given: dict[str, Any]) -> None:
+    from taskzoo import tuning
+
+    result = tuning.tune(spec, given, _notify)
+    if given.get("show_space"):
+        click.echo(tuning.space_text(result.space), nl=False)
+        return
+    summary = result.summary
+    best, default = summary.get("best"), summary.get("default")
+    if best:
+        gain = f" ({summary['gain_over_default']:+.4f} over the default configuration)" if "gain_over_default" in summary else ""
+        params = ", ".join(f"{name}={value}" for name, value in best["params"].items())
+        click.echo(f"best {summary['main_metric']} {best['value']:.4f} in trial {best['number']}{gain}: {params}")
+    elif default is None:
+        click.echo("no trial finished")
+    click.echo(f"tune folder: {result.folder}")
 
 
 # -- evaluate and predict --------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from taskzoo.specs import Option, TaskSpec
 COMMANDS = ("run", "check", "evaluate", "predict")
 _RUN = ("run",)
 _LOAD = ("evaluate", "predict")
+_TUNE = ("tune",)
+# ``tasks tune`` takes every run option (fixed for all trials, or searched) except these.
+_NOT_IN_TUNE = {"resume", "overwrite"}
 
 SHARED_OPTIONS: tuple[Option, ...] = (
     # -- inputs and outputs
@@ -38,7 +41,8 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("overwrite", "Replace the run in the folder --output names (never a folder of other files).", type=bool,
            default=False, commands=_RUN, remember=False),
     Option("model", "A finished run folder.", type=Path, commands=_LOAD, remember=False),
-    Option("output", "run: the run folder (default runs/TASK-TIME). evaluate: the folder for metrics and pictures "
+    Option("output", "run: the run folder (default runs/TASK-TIME). tune: the tune folder (default "
+           "tunes/TASK-TIME). evaluate: the folder for metrics and pictures "
            "(default RUN/eval-DATA). predict: a file (.csv, .tsv, .jsonl) or, for tasks that draw pictures, a "
            "folder (default: the screen).", type=Path, commands=("run", "evaluate", "predict")),
     Option("json", "Print the result as JSON (evaluate: the metrics; predict: the prediction records).", type=bool,
@@ -78,6 +82,21 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("keep-checkpoint", "Keep the optimizer state and last weights after the run completes, so an extension "
            "(--resume RUN --epochs MORE) continues exactly as if never stopped.", type=bool, default=False,
            commands=_RUN),
+    # -- a search (tasks tune): every run option above is fixed for all its trials or searched
+    Option("trials", "Finished trials (complete or pruned) the study should hold in all: running the command again "
+           "continues to this total, never adds as many again.", type=int, default=20, minimum=1, commands=_TUNE),
+    Option("timeout", "Start no trial after this long, and stop the running one at its next epoch: seconds or "
+           "90s, 45m, 2h, 1h30m.", commands=_TUNE),
+    Option("space", "YAML file of the options to search (option: {low, high, log} | [choices] | value); it "
+           "replaces the task's space (see --show-space).", type=Path, commands=_TUNE),
+    Option("show-space", "Print the space that would be searched, as a --space file, and stop.", type=bool,
+           default=False, commands=_TUNE),
+    Option("storage", "Where the study lives (default: a journal file in the tune folder): a database URL "
+           "(postgresql://user@host/db, mysql://..., sqlite:///file.db) or a journal file on a shared disk; "
+           "workers started with the same --storage and --study share one study.", commands=_TUNE),
+    Option("study", "Study name in --storage (default: the tune folder's name).", commands=_TUNE),
+    Option("no-prune", "Run every trial to its last epoch (by default a trial whose main metric lags the median "
+           "of earlier trials at the same epoch stops there).", type=bool, default=False, commands=_TUNE),
 )
 
 SHARED_NAMES = frozenset(option.name for option in SHARED_OPTIONS)
@@ -101,6 +120,8 @@ def shared(command: str) -> list[Option]:
 
 def for_command(spec: TaskSpec, command: str) -> list[Option]:
     """Every option ``tasks COMMAND`` takes for this task: shared ones, then the task's own."""
+    if command == "tune":
+        return [option for option in for_command(spec, "run") if option.key not in _NOT_IN_TUNE] + shared("tune")
     return shared(command) + [option for option in spec.options if command in option.commands]
 
 

@@ -164,7 +164,7 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
     return Prepared(spec, values, task, train, val, labels, backbone, model, accelerator)
 
 
-def make_trainer(prepared: Prepared, run_dir: Path) -> Any:
+def make_trainer(prepared: Prepared, run_dir: Path, after_epoch: Callable[[int, float], bool] | None = None) -> Any:
     """The shared trainer for a prepared run (step 7 is its ``fit``)."""
     from taskzoo.trainer import Trainer, TrainingArgs
 
@@ -172,6 +172,7 @@ def make_trainer(prepared: Prepared, run_dir: Path) -> Any:
         task=prepared.task, model=prepared.model, train_data=prepared.train, val_data=prepared.val,
         metrics=get_host().metrics(prepared.spec.name), main_metric=prepared.spec.main_metric,
         args=TrainingArgs.from_options(prepared.values), accelerator=prepared.accelerator, run_dir=run_dir,
+        after_epoch=after_epoch,
     )
 
 
@@ -210,9 +211,10 @@ class TrainResult:
 
 
 def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = None,
-          notify: Notify = _quiet) -> TrainResult:
+          notify: Notify = _quiet, after_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
     """Fine-tune: steps 1-8 above. ``resume`` continues that run folder from its checkpoint, or
-    extends a complete run to more epochs (its model stays usable until the extension completes)."""
+    extends a complete run to more epochs (its model stays usable until the extension completes).
+    ``after_epoch(epoch, main metric)`` ends training after that epoch when it returns true."""
     from accelerate.utils import broadcast_object_list
 
     from taskzoo import trainer as training
@@ -241,7 +243,7 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     if resume is not None and not from_checkpoint and main_process:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     try:
-        summary = make_trainer(prepared, run_dir).fit(resume=from_checkpoint, extend=extending)
+        summary = make_trainer(prepared, run_dir, after_epoch).fit(resume=from_checkpoint, extend=extending)
         if summary["best_epoch"] is None:
             raise UserError(f"--epochs {prepared.values['epochs']}: no epoch finished, so there is no model to keep; "
                             f"train at least one epoch")

@@ -86,6 +86,61 @@ class SampleData:
 
 
 @dataclass(frozen=True)
+class SearchParam:
+    """One dimension of a hyperparameter search (``tasks tune``): the run option ``name`` (with
+    hyphens, as the flag) drawn from ``choices``, or from ``low``..``high`` (both inclusive; on a log
+    scale when ``log``; integers when both bounds are ints)."""
+
+    name: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.low, bool)
+
+    def problems(self) -> list[str]:
+        if not isinstance(self.name, str) or not self.name:
+            return ["name must be an option name such as 'lr'"]
+        if self.choices:
+            return [] if self.low is None and self.high is None else [f"{self.name}: give choices or low/high, not both"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.low, self.high)):
+            return [f"{self.name}: expected numbers low and high, or a list of choices"]
+        if self.low > self.high:
+            return [f"{self.name}: low {self.low} is above high {self.high}"]
+        if self.log and self.low <= 0:
+            return [f"{self.name}: a log scale needs low above 0, got {self.low}"]
+        return []
+
+    def describe(self) -> Any:
+        """The parameter as a ``--space`` YAML file writes it."""
+        if self.choices:
+            return list(self.choices)
+        return {"low": self.low, "high": self.high, **({"log": True} if self.log else {})}
+
+
+def training_space(defaults: Mapping[str, Any]) -> tuple[SearchParam, ...]:
+    """The search over the shared recipe, around a task's defaults (the keys of ``TaskSpec.defaults``
+    merged over the built-in ones): the learning rate log-uniform from a fifth to five times its
+    default, the batch size halved, kept or doubled, weight decay, warmup and up to the default epochs."""
+    lr, batch, epochs = float(defaults["lr"]), int(defaults["batch_size"]), int(defaults["epochs"])
+    decay = float(defaults.get("weight_decay") or 0.0)
+    return (
+        SearchParam("lr", lr / 5, lr * 5, log=True),
+        SearchParam("batch-size", choices=tuple(sorted({max(1, batch // 2), batch, batch * 2}))),
+        SearchParam("weight-decay", 0.0, max(0.1, 2 * decay)),
+        SearchParam("warmup-ratio", 0.0, 0.2),
+        SearchParam("epochs", max(1, epochs // 2), max(1, epochs)),
+    )
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A task a plugin adds, e.g. ``sentiment``.
 
@@ -96,6 +151,8 @@ class TaskSpec:
     ``options`` are extra command-line options; ``defaults`` overrides the trainer's defaults for
     this task (``{"epochs": 5, "lr": 1e-4}``), which a config file or a flag overrides in turn.
     ``sample`` is the `SampleData` the task ships (for trying it out and for `taskzoo.testing`).
+    ``search_space`` is what ``tasks tune`` searches by default (`SearchParam` records over run
+    options); empty means `training_space` around the task's defaults.
     """
 
     name: str
@@ -107,6 +164,7 @@ class TaskSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     sample: SampleData | None = None
     plugin: str = ""
+    search_space: tuple[SearchParam, ...] = ()
 
     def problems(self) -> list[str]:
         """What makes this record unusable, one sentence each; empty when it is well-formed."""
@@ -125,6 +183,10 @@ class TaskSpec:
         if self.sample is not None and not (isinstance(self.sample, SampleData) and isinstance(self.sample.train, str)
                                             and _strings(self.sample.bad, allow_empty=True)):
             found.append("sample must be a taskzoo.SampleData with 'package/path' strings")
+        if not isinstance(self.search_space, (tuple, list)) or not all(isinstance(p, SearchParam) for p in self.search_space):
+            found.append("search_space must be a tuple of taskzoo.SearchParam")
+        else:
+            found += [f"search_space: {problem}" for param in self.search_space for problem in param.problems()]
         return found
 
 

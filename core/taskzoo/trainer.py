@@ -20,7 +20,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -307,8 +307,13 @@ class Trainer:
         args: TrainingArgs,
         accelerator: Accelerator,
         run_dir: Path,
+        after_epoch: Callable[[int, float], bool] | None = None,
     ) -> None:
+        """``after_epoch(epoch, main metric)`` is told each scored epoch; when it returns true,
+        training ends there as if stopped early (a search's pruner stops hopeless trials so)."""
         self.task = task
+        self.after_epoch = after_epoch
+        self._halted = False
         self.train_data = train_data
         self.args = args
         self.accelerator = accelerator
@@ -504,6 +509,7 @@ class Trainer:
             "best": self.state["best"],
             "epochs_run": self.state["epoch"],
             "stopped_early": self._should_stop() and self.state["epoch"] < args.epochs,
+            "halted": self._halted,
             "val": next(
                 (h["val"] for h in self.state["history"] if h["epoch"] == self.state["best_epoch"]), {}
             ),
@@ -633,10 +639,12 @@ class Trainer:
             self.state["bad_epochs"] += 1
         self.state["epoch"] = epoch
         self.save_checkpoint()
+        if self.after_epoch is not None and self.after_epoch(epoch, score):
+            self._halted = True
 
     def _should_stop(self) -> bool:
         patience = self.args.patience
-        return bool(patience) and self.state["bad_epochs"] >= patience
+        return self._halted or (bool(patience) and self.state["bad_epochs"] >= patience)
 
 
 class TrainingStopped(KeyboardInterrupt):

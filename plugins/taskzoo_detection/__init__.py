@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import BackboneSource, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo import (BackboneSource, Finding, MetricSpec, Option, SampleData, SearchParam, TaskSpec, hookimpl,
+                     training_space)
 from taskzoo.sources import TIMM
 
 TASK = "detection"
+DEFAULTS = {"epochs": 12, "lr": 5e-4, "batch_size": 4, "weight_decay": 1e-4}
 
 
 @hookimpl
@@ -26,7 +28,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
             data_formats=("COCO JSON (+ --images FOLDER)", "YOLO: dataset.yaml, or images/ + labels/ + classes.txt"),
             task_class="taskzoo_detection.task:DetectionTask",
             main_metric="map",
-            defaults={"epochs": 12, "lr": 5e-4, "batch_size": 4, "weight_decay": 1e-4},
+            defaults=DEFAULTS,
+            search_space=(*training_space(DEFAULTS), SearchParam("image-size", choices=(384, 512, 640)),
+                          SearchParam("arch", choices=("fasterrcnn", "fcos", "retinanet"))),
             options=(
                 Option("images", "Folder that a COCO file's file_name entries are relative to (default: beside the file, "
                        "or its images/).", commands=("run", "check", "evaluate", "predict"), remember=False),

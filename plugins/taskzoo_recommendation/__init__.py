@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import BackboneSource, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo import BackboneSource, Finding, MetricSpec, Option, SampleData, SearchParam, TaskSpec, hookimpl
 
 TASK = "recommendation"
 COLUMN_COMMANDS = ("run", "check", "evaluate", "predict")
@@ -28,6 +28,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
             main_metric="ndcg_at_k",
             # ALS needs no gradient epochs; --epochs N fine-tunes the factors with a BPR loss.
             defaults={"epochs": 0, "batch_size": 1024, "lr": 1e-3, "weight_decay": 0.0},
+            # The factor model's own knobs: with the default --epochs 0 nothing else trains.
+            search_space=(SearchParam("factors", 16, 256, log=True), SearchParam("regularization", 0.01, 100.0, log=True),
+                          SearchParam("iterations", 5, 30), SearchParam("alpha", 0.5, 50.0, log=True)),
             options=(
                 Option("k", "Recommendations per user, and the k of the ranking metrics.", type=int, minimum=1, default=10,
                        commands=("run", "evaluate", "predict"), remember=False),

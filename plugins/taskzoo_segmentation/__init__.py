@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskzoo import BackboneSource, Finding, MetricSpec, Option, SampleData, TaskSpec, hookimpl
+from taskzoo import (BackboneSource, Finding, MetricSpec, Option, SampleData, SearchParam, TaskSpec, hookimpl,
+                     training_space)
 from taskzoo.sources import TIMM
 
 TASK = "segmentation"
+DEFAULTS = {"epochs": 15, "lr": 1e-3, "batch_size": 8, "weight_decay": 1e-4}
 
 
 @hookimpl
@@ -25,7 +27,10 @@ def taskzoo_tasks() -> list[TaskSpec]:
             data_formats=("folder: images/ + masks/ (+ classes.yaml, train/ val/)",),
             task_class="taskzoo_segmentation.task:SegmentationTask",
             main_metric="mean_iou",
-            defaults={"epochs": 15, "lr": 1e-3, "batch_size": 8, "weight_decay": 1e-4},
+            defaults=DEFAULTS,
+            # Sides divisible by 32, which every architecture on the default encoder takes.
+            search_space=(*training_space(DEFAULTS), SearchParam("image-size", choices=(192, 256, 320)),
+                          SearchParam("arch", choices=("unet", "fpn", "deeplabv3plus"))),
             options=(
                 Option("arch", "Network architecture.", choices=("unet", "unetplusplus", "fpn", "deeplabv3plus",
                        "linknet", "manet", "pspnet", "segformer"), default="unet", commands=("run",)),
