@@ -182,6 +182,36 @@ def test_tensorboard_logs_when_asked(runner, toy, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_mlflow_gets_params_metrics_and_pictures_readable_by_its_own_client(runner, toy, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default store is in the working folder
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    result = run(runner, "--data", toy, "--output", out, "--epochs", 2, "--lr", 0.02, "--report-to", "mlflow")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()  # MLflow's own default, as `mlflow ui` would read it
+    experiment = client.get_experiment_by_name("taskzoo-toy")
+    (tracked,) = client.search_runs([experiment.experiment_id])
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "run"
+    assert float(tracked.data.params["lr"]) == 0.02 and tracked.data.params["epochs"] == "2"
+    epochs = client.get_metric_history(tracked.info.run_id, "epoch/val_accuracy")
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m.value for m in epochs] == [r["val_accuracy"] for r in logged if r["type"] == "epoch"]
+    artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
+    assert {"metrics.json", "config.yaml", "training_curves.png"} <= artifacts
+
+
+def test_a_tracker_that_is_not_installed_is_one_line_before_any_work(runner, toy, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    result = run(runner, "--data", toy, "--output", tmp_path / "run", "--report-to", "wandb")
+    assert result.exit_code == 2 and "--report-to wandb: needs the wandb package: pip install 'taskzoo[wandb]'" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_data_check_errors_stop_before_training(runner, toy, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(toy.read_text().replace("left", "bad", 1))

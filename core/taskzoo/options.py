@@ -22,6 +22,7 @@ from typing import Any
 
 from taskzoo.errors import UserError
 from taskzoo.specs import Option, TaskSpec
+from taskzoo.tracking import TRACKERS
 
 COMMANDS = ("run", "check", "evaluate", "predict")
 _RUN = ("run",)
@@ -74,8 +75,11 @@ SHARED_OPTIONS: tuple[Option, ...] = (
            choices=("auto", "no", "fp16", "bf16"), commands=_RUN),
     Option("log-every", "Log loss and throughput every N optimizer steps.", type=int, default=10, minimum=1,
            commands=_RUN),
-    Option("tensorboard", "Also write TensorBoard logs into the run folder.", type=bool, default=False,
-           commands=_RUN),
+    Option("tensorboard", "Also write TensorBoard logs into the run folder (as --report-to tensorboard).", type=bool,
+           default=False, commands=_RUN),
+    Option("report-to", "Also log options, steps, epochs (and, for mlflow, the run's pictures and metrics) to this "
+           "tracker; repeat for several. mlflow writes to $MLFLOW_TRACKING_URI or MLflow's default in the working folder.", multiple=True,
+           choices=tuple(TRACKERS), commands=_RUN),
     # -- what a crash may cost and what a finished run keeps
     Option("save-every", "Also checkpoint every N optimizer steps inside an epoch (0: at the end of each epoch "
            "only), bounding the work a crash loses.", type=int, default=0, minimum=0, commands=_RUN),

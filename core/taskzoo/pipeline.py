@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import options as schema
-from taskzoo import runs
+from taskzoo import runs, tracking
 from taskzoo.errors import RunInterrupted, UserError
 from taskzoo.plugins import PluginHost, get_host
 from taskzoo.specs import BackboneSpec, Finding, TaskSpec
@@ -164,7 +164,8 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
     return Prepared(spec, values, task, train, val, labels, backbone, model, accelerator)
 
 
-def make_trainer(prepared: Prepared, run_dir: Path, after_epoch: Callable[[int, float], bool] | None = None) -> Any:
+def make_trainer(prepared: Prepared, run_dir: Path, after_epoch: Callable[[int, float], bool] | None = None,
+                 trackers: Any = None) -> Any:
     """The shared trainer for a prepared run (step 7 is its ``fit``)."""
     from taskzoo.trainer import Trainer, TrainingArgs
 
@@ -172,7 +173,7 @@ def make_trainer(prepared: Prepared, run_dir: Path, after_epoch: Callable[[int, 
         task=prepared.task, model=prepared.model, train_data=prepared.train, val_data=prepared.val,
         metrics=get_host().metrics(prepared.spec.name), main_metric=prepared.spec.main_metric,
         args=TrainingArgs.from_options(prepared.values), accelerator=prepared.accelerator, run_dir=run_dir,
-        after_epoch=after_epoch,
+        after_epoch=after_epoch, trackers=trackers,
     )
 
 
@@ -220,6 +221,7 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     from taskzoo import trainer as training
     from taskzoo.helpers.plots import plot_training_curves
 
+    tracking.wanted(values)  # a tracker that is not installed stops the run before any work
     target = resume or values.get("output")
     if target:
         runs.refuse_if_written(Path(target))
@@ -242,8 +244,10 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     from_checkpoint = resume is not None and training.checkpoint_progress(run_dir) is not None
     if resume is not None and not from_checkpoint and main_process:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    trackers = tracking.Trackers(tracking.wanted(prepared.values), run_dir, spec.name, main_process)
+    trackers.configure(config)
     try:
-        summary = make_trainer(prepared, run_dir, after_epoch).fit(resume=from_checkpoint, extend=extending)
+        summary = make_trainer(prepared, run_dir, after_epoch, trackers).fit(resume=from_checkpoint, extend=extending)
         if summary["best_epoch"] is None:
             raise UserError(f"--epochs {prepared.values['epochs']}: no epoch finished, so there is no model to keep; "
                             f"train at least one epoch")
@@ -259,9 +263,12 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
             runs.finish_run(run_dir, "complete")
             if not prepared.values.get("keep_checkpoint"):
                 training.keep_progress_only(run_dir)
+        trackers.finish(run_dir)
     except KeyboardInterrupt as error:
+        trackers.finish(status="KILLED")
         raise _interrupted(spec, run_dir, error, main_process, extending, values["epochs"]) from error
     except BaseException as error:
+        trackers.finish(status="FAILED")
         if main_process and run_dir.exists():
             reason = " ".join(str(error).split()) or type(error).__name__
             runs.finish_run(run_dir, "failed", reason=f"{type(error).__name__}: {reason}"[:500], extension=extending)

@@ -64,7 +64,6 @@ class TrainingArgs:
     seed: int = default_of("seed")
     log_every: int = default_of("log_every")
     save_every: int = default_of("save_every")
-    tensorboard: bool = default_of("tensorboard")
 
     @classmethod
     def from_options(cls, values: dict[str, Any]) -> TrainingArgs:
@@ -308,10 +307,13 @@ class Trainer:
         accelerator: Accelerator,
         run_dir: Path,
         after_epoch: Callable[[int, float], bool] | None = None,
+        trackers: Any = None,
     ) -> None:
         """``after_epoch(epoch, main metric)`` is told each scored epoch; when it returns true,
-        training ends there as if stopped early (a search's pruner stops hopeless trials so)."""
+        training ends there as if stopped early (a search's pruner stops hopeless trials so).
+        ``trackers`` (`taskzoo.tracking.Trackers`) get every logged step and epoch."""
         self.task = task
+        self.trackers = trackers
         self.after_epoch = after_epoch
         self._halted = False
         self.train_data = train_data
@@ -341,13 +343,6 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
             model, optimizer, train_loader, val_loader, scheduler
         )
-        self.tensorboard = None
-        if args.tensorboard and accelerator.is_main_process:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
         self._samples_seen, self._train_seconds = 0, 0.0
         self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
 
@@ -365,10 +360,9 @@ class Trainer:
             return
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self.tensorboard.add_scalar(f"{record['type']}/{key}", value, self.state["global_step"])
+        if self.trackers is not None:
+            self.trackers.log({f"{record['type']}/{key}": value for key, value in record.items()
+                               if isinstance(value, (int, float)) and key not in ("epoch", "step")}, self.state["global_step"])
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -501,8 +495,6 @@ class Trainer:
                 self._fit_before_training()
             self._train_epochs()
         self.save_best_model()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
         return {
             "best_epoch": self.state["best_epoch"],
             "main_metric": self.main_metric,
