@@ -329,10 +329,10 @@ def test_an_older_run_folder_still_loads(toy, tmp_path):
 
 
 def test_an_unfinished_run_names_the_command_that_finishes_it(toy, runner, tmp_path):
-    from taskzoo import runs
+    from taskzoo import run_folders
 
     run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
-    runs.finish_run(run.folder, "failed")
+    run_folders.finish_run(run.folder, "failed")
     message = cli_error(runner, ["predict", "--model", run.folder, "--data", toy])
     assert message == f"--model {run.folder}: the run is 'failed', not complete; " \
                       f"continue it with: tasks run toy --resume {run.folder}"

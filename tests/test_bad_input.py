@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.cli import cli
 from taskzoo.plugins import PluginHost
 
@@ -63,7 +63,7 @@ def test_bad_run_options_are_one_line_and_leave_nothing(task, case, arguments, e
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith(("error: ", "Error: "))]
     assert len(lines) == 1 and result.stderr.strip().endswith(lines[0]), result.stderr
     assert re.search(fill(expected), lines[0]), lines[0]
-    assert not out.exists() or (runs.read_status(out) or {}).get("status") != "complete"
+    assert not out.exists() or (run_folders.read_status(out) or {}).get("status") != "complete"
     assert existing.read_text() == "not a folder"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.plugins import PluginHost
 
 SETTINGS = {  # a few steps per epoch on each task's sample, so the kills land inside epochs
@@ -116,17 +116,17 @@ def test_killed_at_random_steps_and_resumed_ends_as_a_straight_run(task, seed, s
     for number, step in enumerate(kills):
         if not kill_after(process, folder, step):
             break
-        status = runs.read_status(folder)
+        status = run_folders.read_status(folder)
         assert status["status"] in ("running", "complete"), status
         if status["status"] == "running":  # killed: the folder says so, and how to go on
             with pytest.raises(taskzoo_user_error(), match=rf"the run was interrupted \(its process is gone\); "
                                                            rf"continue it with: tasks run {task} --resume "):
-                runs.open_run(folder)
+                run_folders.open_run(folder)
         resume = command(task, "--resume", str(folder))
         process = subprocess.Popen(resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, errors = process.communicate(timeout=600)
     assert process.returncode == 0, errors[-3000:]
-    assert runs.read_status(folder)["status"] == "complete"
+    assert run_folders.read_status(folder)["status"] == "complete"
     # Exactly on the CPU; implicit's ALS (recommendation's epoch 0) runs multithreaded.
     tolerance = 1e-4 if task == "recommendation" else 1e-9
     assert close(history(folder), history(straight), tolerance), (history(folder), history(straight))

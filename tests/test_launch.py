@@ -16,7 +16,7 @@ import psutil
 import pytest
 from test_faults import SETTINGS, close, history, logged_steps
 
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.plugins import PluginHost
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -69,7 +69,7 @@ def test_two_processes_train_as_one_does(task, tmp_path):
     assert (single["processes"], double["processes"]) == (1, 2)
     main = single["main_metric"]
     assert abs(single["best"] - double["best"]) <= 0.25, (single["best"], double["best"])
-    assert runs.read_status(two)["status"] == "complete"
+    assert run_folders.read_status(two)["status"] == "complete"
     assert double["history"][-1]["val"].keys() == single["history"][-1]["val"].keys() and main in double["val"]
 
 
@@ -110,7 +110,7 @@ def test_a_worker_killed_under_torchrun_is_restarted_and_the_run_ends_as_a_strai
     _, errors = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, errors[-3000:]
     assert "local_rank: 1" in errors or "local_rank: 0" in errors  # torchrun saw the failure and restarted
-    assert runs.read_status(folder)["status"] == "complete"
+    assert run_folders.read_status(folder)["status"] == "complete"
     assert close(history(folder), history(straight), 1e-9)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
 
 
 def test_run_folder_and_validation_f1(trained):
-    assert runs.read_status(trained)["status"] == "complete"
+    assert run_folders.read_status(trained)["status"] == "complete"
     for name in ("model/model.safetensors", "model/tokenizer.json", "confusion_matrix.png", "per_type_f1.png",
                  "training_curves.png", "metrics.json"):
         assert (trained / name).exists(), name

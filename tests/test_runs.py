@@ -16,14 +16,14 @@ import yaml
 from toy_plugin import ToyPlugin, toy_points
 
 import taskzoo
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.cli import cli
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from taskzoo import runs
-runs.start_run(Path(sys.argv[1]), {"task": "toy"}, resume=len(sys.argv) > 2)
+from taskzoo import run_folders
+run_folders.start_run(Path(sys.argv[1]), {"task": "toy"}, resume=len(sys.argv) > 2)
 print("holding", flush=True)
 time.sleep(120)
 """
@@ -64,15 +64,15 @@ def holder(tmp_path):
 
 def test_a_folder_another_process_writes_is_refused_and_untouched(toy, runner, tmp_path, holder):
     trained = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
-    before = {p.name: p.read_bytes() for p in trained.folder.iterdir() if p.is_file() and p.name != runs.LOCK_FILE}
+    before = {p.name: p.read_bytes() for p in trained.folder.iterdir() if p.is_file() and p.name != run_folders.LOCK_FILE}
     process = holder(trained.folder, resume=True)
     for args in (["--resume", trained.folder, "--epochs", 2], ["--data", toy, "--output", trained.folder]):
         message = one_error(runner.invoke(cli, ["run", "toy", *map(str, args)]))
         assert str(process.pid) in message and ("still running" in message or "another taskzoo process" in message)
     # The holder extends a complete run: its model stays usable meanwhile.
-    assert runs.read_status(trained.folder)["extension"] == "running"
+    assert run_folders.read_status(trained.folder)["extension"] == "running"
     assert runner.invoke(cli, ["predict", "--model", str(trained.folder), "--data", str(toy)]).exit_code == 0
-    after = {p.name: p.read_bytes() for p in trained.folder.iterdir() if p.is_file() and p.name != runs.LOCK_FILE}
+    after = {p.name: p.read_bytes() for p in trained.folder.iterdir() if p.is_file() and p.name != run_folders.LOCK_FILE}
     assert {k: v for k, v in after.items() if k != "run.json"} == {k: v for k, v in before.items() if k != "run.json"}
 
     fresh = holder(tmp_path / "fresh")
@@ -85,7 +85,7 @@ def test_a_run_whose_process_died_is_interrupted_with_the_command_to_resume(toy,
     process = holder(folder)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert runs.read_status(folder)["status"] == "running" and runs.writer(folder) is None
+    assert run_folders.read_status(folder)["status"] == "running" and run_folders.writer(folder) is None
     (folder / "config.yaml").write_text(yaml.safe_dump({"task": "toy"}))
     message = one_error(runner.invoke(cli, ["evaluate", "--model", str(folder), "--data", str(toy)]))
     assert message == (f"--model {folder}: the run was interrupted (its process is gone); "
@@ -109,7 +109,7 @@ def test_two_runs_into_one_new_folder_one_proceeds(toy, tmp_path):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = sorted(p.communicate(timeout=300)[0].strip().split(" ", 1)[0] for p in processes)
     assert outcomes == ["refused", "trained"], outcomes
-    assert runs.read_status(folder)["status"] == "complete"
+    assert run_folders.read_status(folder)["status"] == "complete"
     assert len([line for line in (folder / "metrics.jsonl").read_text().splitlines()
                 if json.loads(line)["type"] == "epoch"]) == 3
 
@@ -118,7 +118,7 @@ def test_no_finished_epoch_is_a_failed_run_with_its_reason(toy, runner, tmp_path
     folder = tmp_path / "run"
     message = one_error(runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(folder), "--epochs", "0"]))
     assert message == "--epochs 0: no epoch finished, so there is no model to keep; train at least one epoch"
-    status = runs.read_status(folder)
+    status = run_folders.read_status(folder)
     assert status["status"] == "failed" and status["reason"].startswith("UserError: --epochs 0: no epoch finished")
     assert "'failed' (UserError: --epochs 0" in one_error(
         runner.invoke(cli, ["predict", "--model", str(folder), "--data", str(toy)]))
@@ -163,26 +163,26 @@ def test_a_damaged_run_folder_file_is_one_line_naming_it(damaged, toy, runner, t
 
 def test_files_are_replaced_whole(tmp_path):
     target = tmp_path / "metrics.json"
-    runs.write_json(target, {"a": 1})
-    runs.write_json(target, {"a": 2})
+    run_folders.write_json(target, {"a": 1})
+    run_folders.write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary file left
 
 
 def test_the_lock_is_released_when_the_run_ends(toy, tmp_path):
     run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
-    assert runs.writer(run.folder) is None
-    assert os.path.exists(run.folder / runs.LOCK_FILE)
+    assert run_folders.writer(run.folder) is None
+    assert os.path.exists(run.folder / run_folders.LOCK_FILE)
     resumed = taskzoo.train("toy", resume=run.folder, epochs=2, progress=False)
-    assert runs.writer(resumed.folder) is None and runs.read_status(run.folder)["status"] == "complete"
+    assert run_folders.writer(resumed.folder) is None and run_folders.read_status(run.folder)["status"] == "complete"
 
 
 def test_the_lock_holder_is_named_even_while_it_starts(tmp_path, holder):
     process = holder(tmp_path / "run")
     deadline = time.monotonic() + 5
-    while runs.writer(tmp_path / "run") is None and time.monotonic() < deadline:
+    while run_folders.writer(tmp_path / "run") is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert runs.writer(tmp_path / "run") == process.pid
+    assert run_folders.writer(tmp_path / "run") == process.pid
 
 
 # -- values that used to be trained on without a word -----------------------------------------------
@@ -285,11 +285,11 @@ def test_a_stopped_run_is_interrupted_and_resumes(stop, code, tmp_path):
     assert process.returncode == code, errors[-2000:]
     assert re.fullmatch(rf"{re.escape(str(folder))}: interrupted; the checkpoint of (step|epoch) \d+ is kept; continue it "
                         rf"with: tasks run sentiment --resume {re.escape(str(folder))}", errors.strip().splitlines()[-1])
-    assert runs.read_status(folder)["status"] == "interrupted" and runs.writer(folder) is None
+    assert run_folders.read_status(folder)["status"] == "interrupted" and run_folders.writer(folder) is None
     finished = subprocess.run([sys.executable, "-m", "taskzoo", "run", "sentiment", "--resume", str(folder),
                                "--epochs", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert runs.read_status(folder)["status"] == "complete" and (folder / "model").is_dir()
+    assert run_folders.read_status(folder)["status"] == "complete" and (folder / "model").is_dir()
 
 
 def test_ctrl_c_in_python_marks_the_run_and_says_what_is_left(toy, tmp_path, monkeypatch):
@@ -308,7 +308,7 @@ def test_ctrl_c_in_python_marks_the_run_and_says_what_is_left(toy, tmp_path, mon
     with pytest.raises(taskzoo.RunInterrupted, match=r"interrupted; the checkpoint of epoch 2 is kept; "
                                                       r"continue it with: tasks run toy --resume "):
         taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=5, progress=False)
-    assert runs.read_status(tmp_path / "run")["status"] == "interrupted"
+    assert run_folders.read_status(tmp_path / "run")["status"] == "interrupted"
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
     resumed = taskzoo.train("toy", resume=tmp_path / "run", progress=False)
     assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3, 4, 5]
@@ -317,7 +317,7 @@ def test_ctrl_c_in_python_marks_the_run_and_says_what_is_left(toy, tmp_path, mon
     with pytest.raises(taskzoo.RunInterrupted, match=r"interrupted before its first checkpoint; run it again from "
                                                       r"the start with: tasks run toy --resume "):
         taskzoo.train("toy", data=toy, output=tmp_path / "early", epochs=5, progress=False)
-    assert runs.read_status(tmp_path / "early")["status"] == "interrupted"
+    assert run_folders.read_status(tmp_path / "early")["status"] == "interrupted"
     monkeypatch.undo()
     again = taskzoo.train("toy", resume=tmp_path / "early", progress=False)
     assert [h["epoch"] for h in again.metrics["history"]] == [1, 2, 3, 4, 5]
@@ -353,7 +353,7 @@ def test_a_signal_stops_at_the_next_step_and_the_resume_is_exact(toy, tmp_path, 
                                                       r"with: tasks run toy --resume ") as stopped:
         taskzoo.train("toy", output=tmp_path / "stopped", **common)
     assert stopped.value.signum == signal.SIGINT and calls[0] == 23  # the step it was in finished, no more
-    assert runs.read_status(tmp_path / "stopped")["status"] == "interrupted"
+    assert run_folders.read_status(tmp_path / "stopped")["status"] == "interrupted"
     monkeypatch.undo()
     resumed = taskzoo.train("toy", resume=tmp_path / "stopped", progress=False)
     assert _history(resumed) == _history(straight)
@@ -367,7 +367,7 @@ def test_a_second_signal_stops_at_once(toy, tmp_path, monkeypatch):
     with pytest.raises(taskzoo.RunInterrupted, match=r"the checkpoint of epoch 1 is kept") as stopped:
         taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, batch_size=4, progress=False)
     assert stopped.value.signum == signal.SIGTERM and calls[0] == 50
-    assert runs.read_status(tmp_path / "run")["status"] == "interrupted"
+    assert run_folders.read_status(tmp_path / "run")["status"] == "interrupted"
 
 
 def test_save_every_bounds_what_a_crash_loses(toy, tmp_path, monkeypatch):
@@ -429,8 +429,8 @@ def test_extending_a_complete_run(kept, toy, runner, tmp_path):
                        "train it further")
     longer = taskzoo.train("toy", resume=run.folder, epochs=4, progress=False)
     assert [h["epoch"] for h in longer.metrics["history"]] == [1, 2, 3, 4]
-    assert longer.config["epochs"] == 4 and runs.read_status(run.folder)["status"] == "complete"
-    assert "extension" not in runs.read_status(run.folder)
+    assert longer.config["epochs"] == 4 and run_folders.read_status(run.folder)["status"] == "complete"
+    assert "extension" not in run_folders.read_status(run.folder)
 
 
 def test_a_failed_or_killed_extension_leaves_the_run_complete(toy, runner, tmp_path, monkeypatch):
@@ -450,7 +450,7 @@ def test_a_failed_or_killed_extension_leaves_the_run_complete(toy, runner, tmp_p
     message = one_error(runner.invoke(cli, ["run", "toy", "--resume", str(run.folder), "--epochs", "3"]))
     assert message == (f"the disk is full; the run stays complete with its earlier model; retry the extension with: "
                        f"tasks run toy --resume {run.folder} --epochs 3")
-    status = runs.read_status(run.folder)
+    status = run_folders.read_status(run.folder)
     assert status["status"] == "complete" and status["extension"] == "failed"
 
     def stop_after_an_epoch(self, epoch, *args):
@@ -461,17 +461,45 @@ def test_a_failed_or_killed_extension_leaves_the_run_complete(toy, runner, tmp_p
     with pytest.raises(taskzoo.RunInterrupted, match=r"the extension was interrupted; the run stays complete with "
                                                       r"its earlier model; continue the extension with: tasks run toy"):
         taskzoo.train("toy", resume=run.folder, epochs=3, progress=False)
-    status = runs.read_status(run.folder)
+    status = run_folders.read_status(run.folder)
     assert status["status"] == "complete" and status["extension"] == "interrupted"
     assert (run.folder / "model" / "model.safetensors").read_bytes() == model
     assert (run.folder / "config.yaml").read_text() == config
     assert taskzoo.load(run.folder).predict(str(toy)) == expected
     monkeypatch.undo()
     extended = taskzoo.train("toy", resume=run.folder, epochs=3, progress=False)  # retried: goes on
-    assert extended.metrics["epochs_run"] == 3 and "extension" not in runs.read_status(run.folder)
+    assert extended.metrics["epochs_run"] == 3 and "extension" not in run_folders.read_status(run.folder)
 
 
 def test_a_model_swap_cut_short_is_undone(toy, tmp_path):
     run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, progress=False)
     (run.folder / "model").rename(run.folder / "model.previous")  # killed between the two renames
     assert taskzoo.load(run.folder).predict(str(toy)) and (run.folder / "model").is_dir()
+
+
+def test_tasks_runs_lists_compares_and_filters_run_folders(runner, toy, tmp_path, holder):
+    root = tmp_path / "runs"
+    for name, lr in (("slow", "0.001"), ("fast", "0.05")):
+        result = runner.invoke(cli, ["run", "toy", "--data", str(toy), "--output", str(root / name), "--epochs", "2",
+                                     "--lr", lr])
+        assert result.exit_code == 0, result.output
+    crashed = root / "crashed"
+    run_folders.start_run(crashed, {"task": "toy"})
+    run_folders._unlock(crashed)  # its process died: nobody holds the lock
+    live = holder(root / "live")
+    rows = taskzoo.runs(root, sort="value")
+    by_name = {Path(row["folder"]).name: row for row in rows}
+    assert set(by_name) == {"slow", "fast", "crashed", "live"}
+    assert by_name["crashed"]["status"] == "interrupted" and by_name["live"]["status"] == "running"
+    metrics = {name: json.loads((root / name / "metrics.json").read_text())["best"] for name in ("slow", "fast")}
+    assert [Path(r["folder"]).name for r in rows[:2]] == sorted(metrics, key=metrics.get, reverse=True)
+    assert by_name["fast"]["main_metric"] == "accuracy" and by_name["fast"]["task"] == "toy"
+    result = runner.invoke(cli, ["runs", str(root), "--status", "complete"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split() == ["folder", "task", "backbone", "status", "best", "started"] and len(lines) == 3
+    assert all("complete" in line and "accuracy 0." in line for line in lines[1:])
+    listed = json.loads(runner.invoke(cli, ["runs", str(root), "--json", "--status", "interrupted"]).output)
+    assert [Path(row["folder"]).name for row in listed] == ["crashed"]
+    live.kill()
+    assert runner.invoke(cli, ["runs", str(tmp_path / "nowhere")]).exit_code == 2

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 from conftest import write_csv
 
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def trained(review_split, tmp_path_factory):
 
 def test_run_folder_is_complete(trained):
     out, _, _ = trained
-    assert runs.read_status(out)["status"] == "complete"
+    assert run_folders.read_status(out)["status"] == "complete"
     for name in ("config.yaml", "metrics.json", "metrics.jsonl", "labels.json", "README.md",
                  "training_curves.png", "confusion_matrix.png", "model/model.safetensors", "model/config.json",
                  "model/tokenizer.json", "checkpoint/trainer_state.json"):
@@ -117,7 +117,7 @@ def test_data_parallel_with_two_cpu_processes_over_gloo(review_rows, tmp_path):
     assert summary["processes"] == 2
     # 80 rows, 20% validation: every one of the 16 is scored once, none twice.
     assert sum(map(sum, summary["val"]["confusion_matrix"])) == 16
-    assert runs.read_status(out)["status"] == "complete"
+    assert run_folders.read_status(out)["status"] == "complete"
 
 
 def test_hub_id_in_the_local_hugging_face_cache_trains_without_network(review_rows, tmp_path):
@@ -146,7 +146,7 @@ def test_hub_id_in_the_local_hugging_face_cache_trains_without_network(review_ro
     resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
     assert resolved["backbone"] == {"name": "someone/minilm-copy", "source": "hub", "location": "someone/minilm-copy",
                                     "licence": "see its model card", "params": None}
-    assert runs.read_status(out)["status"] == "complete"
+    assert run_folders.read_status(out)["status"] == "complete"
 
 
 def test_taskzoo_train_under_accelerate_launch_is_tasks_run(review_rows, tmp_path):
@@ -174,7 +174,7 @@ def test_taskzoo_train_under_accelerate_launch_is_tasks_run(review_rows, tmp_pat
     assert answers[0] == answers[1] and answers[0][:2] == [str(out), "2"]
     summary = json.loads((out / "metrics.json").read_text())
     assert sum(map(sum, summary["val"]["confusion_matrix"])) == 16
-    assert runs.read_status(out)["status"] == "complete"
+    assert run_folders.read_status(out)["status"] == "complete"
 
 
 def test_predict_into_a_file_in_parts_leaves_nothing_when_a_later_part_is_bad(trained, runner, tmp_path, monkeypatch):

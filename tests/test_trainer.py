@@ -9,7 +9,7 @@ import pytest
 import yaml
 from toy_plugin import ToyPlugin, toy_points
 
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.cli import cli
 from taskzoo.trainer import lr_lambda
 
@@ -34,7 +34,7 @@ def test_run_leaves_a_complete_run_folder(runner, toy, tmp_path):
     result = run(runner, "--data", toy, "--output", out, "--epochs", 3, "--log-every", 2)
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == f"run folder: {out}"
-    assert runs.read_status(out)["status"] == "complete"
+    assert run_folders.read_status(out)["status"] == "complete"
     for name in ("config.yaml", "metrics.json", "metrics.jsonl", "labels.json", "README.md", "training_curves.png", "model/model.safetensors"):
         assert (out / name).exists(), name
     summary = json.loads((out / "metrics.json").read_text())
@@ -125,15 +125,15 @@ def test_crashed_run_is_marked_failed_and_resumes(runner, toy, tmp_path, monkeyp
     monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", crash_after_first_epoch)
     crashed = run(runner, "--data", toy, "--output", out, "--epochs", 3)
     assert crashed.exit_code != 0
-    assert runs.read_status(out) | {"reason": "RuntimeError: worker died"} == runs.read_status(out)
-    assert runs.read_status(out)["status"] == "failed"
+    assert run_folders.read_status(out) | {"reason": "RuntimeError: worker died"} == run_folders.read_status(out)
+    assert run_folders.read_status(out)["status"] == "failed"
     refused = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(toy)])
     assert refused.exit_code == 2 and "is 'failed' (RuntimeError: worker died), not complete" in refused.output
 
     monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", original)
     resumed = run(runner, "--resume", out)
     assert resumed.exit_code == 0, resumed.output
-    assert runs.read_status(out)["status"] == "complete"
+    assert run_folders.read_status(out)["status"] == "complete"
     assert [e["epoch"] for e in epochs_logged(out)] == [1, 2, 3]
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["epochs_run"] == 3 and [h["epoch"] for h in summary["history"]] == [1, 2, 3]

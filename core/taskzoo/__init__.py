@@ -11,7 +11,7 @@ Plugins import the records they declare from here too (`TaskSpec`, `BackboneSpec
 ``__all__`` are promised. This module stays cheap to import: no torch, no transformers.
 """
 
-from taskzoo.api import Run, Tune, backbones, check, load, tasks, train, tune
+from taskzoo.api import Run, Tune, backbones, check, load, runs, tasks, train, tune
 from taskzoo.errors import DataError, RunInterrupted, UserError
 from taskzoo.hookspecs import hookimpl
 from taskzoo.specs import (BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, SearchParam, TaskSpec,
@@ -25,6 +25,7 @@ __all__ = [
     "backbones",
     "check",
     "load",
+    "runs",
     "tasks",
     "train",
     "tune",

@@ -55,11 +55,11 @@ class Run:
     """
 
     def __init__(self, folder: PathArg, *, progress: bool = True) -> None:
-        from taskzoo import runs
+        from taskzoo import run_folders
 
         self.folder = Path(folder)
         self.progress = progress
-        self.config: dict[str, Any] = runs.open_run(self.folder)
+        self.config: dict[str, Any] = run_folders.open_run(self.folder)
         metrics_file = self.folder / "metrics.json"
         self.metrics: dict[str, Any] = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
         self._loaded: dict[Any, Any] = {}
@@ -193,6 +193,20 @@ def load(folder: PathArg, *, progress: bool = True) -> Run:
     if not isinstance(folder, (str, PathLike)):
         raise UserError(f"folder: expected the path of a run folder, got {type(folder).__name__}")
     return Run(folder, progress=progress)
+
+
+def runs(folder: PathArg | None = None, *, task: str | None = None, status: str | None = None,
+         sort: str = "started") -> list[dict[str, Any]]:
+    """Run and tune folders under ``folder`` (default: ``runs/`` and ``tunes/``), what ``tasks runs
+    --json`` prints: task, backbone, status, main metric and its best value, dates, per folder.
+    ``status`` keeps one status (``complete``, ``failed``, ``interrupted``, ``running``, ``tune``);
+    ``sort`` is ``started`` (newest first), ``value`` (highest first), ``task`` or ``folder``."""
+    from taskzoo import run_folders
+
+    if task is not None:
+        _task(task)
+    roots = [Path(folder)] if folder is not None else [p for p in (Path("runs"), Path("tunes")) if p.is_dir()]
+    return run_folders.find_runs(roots, task=task, status=status, sort=sort)
 
 
 def check(task: str, data: PathArg, **options: Any) -> list[Finding]:

@@ -330,6 +330,29 @@ def _tune(spec: TaskSpec, given: dict[str, Any]) -> None:
     click.echo(f"tune folder: {result.folder}")
 
 
+@cli.command("runs")
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@click.option("--task", help="Only runs of this task.")
+@click.option("--status", type=click.Choice(["complete", "failed", "interrupted", "running", "tune"]),
+              help="Only folders of this status (tune: tune folders).")
+@click.option("--sort", type=click.Choice(["started", "value", "task", "folder"]), default="started", show_default=True,
+              help="started: newest first; value: highest main metric first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_runs(folder: Path | None, task: str | None, status: str | None, sort: str, as_json: bool) -> None:
+    """Run and tune folders under FOLDER (default: runs/ and tunes/), to compare without opening each."""
+    rows = taskzoo.runs(folder, task=task, status=status, sort=sort)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no run folders found")
+        return
+    table = [[r["folder"], r["task"] or "?", r["backbone"] or "", r["status"] or "?",
+              f"{r['main_metric']} {r['value']:.4f}" if isinstance(r["value"], (int, float)) else "",
+              (r["started"] or "").replace("T", " ")] for r in rows]
+    click.echo(_table(table, ["folder", "task", "backbone", "status", "best", "started"]))
+
+
 # -- evaluate and predict --------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import options as schema
-from taskzoo import runs, tracking
+from taskzoo import run_folders, tracking
 from taskzoo.errors import RunInterrupted, UserError
 from taskzoo.plugins import PluginHost, get_host
 from taskzoo.specs import BackboneSpec, Finding, TaskSpec
@@ -61,7 +61,7 @@ def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost 
     backbones = tuple(host.backbones(spec.name))
 
     def finished_run(folder: Path, option: str) -> FinishedRun:
-        config = runs.open_run(Path(folder), option=option)
+        config = run_folders.open_run(Path(folder), option=option)
         if config.get("task") != spec.name:
             raise UserError(f"{schema.flag(option)} {folder}: that run is for task '{config.get('task')}', not '{spec.name}'")
         return FinishedRun(Path(folder), config)
@@ -158,7 +158,7 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
     if start_from is None:
         model = task.build_model(backbone, labels)
     else:
-        with runs.damaged_file(f"--resume {start_from.parent}: its model/ cannot be loaded",
+        with run_folders.damaged_file(f"--resume {start_from.parent}: its model/ cannot be loaded",
                                f"expected what a {spec.name} run saves there"):
             model = task.load(start_from)
     return Prepared(spec, values, task, train, val, labels, backbone, model, accelerator)
@@ -224,20 +224,20 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     tracking.wanted(values)  # a tracker that is not installed stops the run before any work
     target = resume or values.get("output")
     if target:
-        runs.refuse_if_written(Path(target))
+        run_folders.refuse_if_written(Path(target))
     if resume is None and values.get("output"):
-        runs.check_output(Path(values["output"]), overwrite=values.get("overwrite", False))
+        run_folders.check_output(Path(values["output"]), overwrite=values.get("overwrite", False))
     start_from = _resume_start(spec, resume, values, notify) if resume is not None else None
     prepared = prepare(spec, values, notify, start_from)
     accelerator, task = prepared.accelerator, prepared.task
     main_process = accelerator.is_main_process
-    folder = [str(resume or prepared.values.get("output") or runs.default_run_dir(spec.name))]
+    folder = [str(resume or prepared.values.get("output") or run_folders.default_run_dir(spec.name))]
     broadcast_object_list(folder)
     run_dir = Path(folder[0])
     config = _run_config(prepared, run_dir)
     extending = [False]
     if main_process:
-        extending[0] = runs.start_run(run_dir, config, resume=resume is not None, overwrite=values.get("overwrite", False))
+        extending[0] = run_folders.start_run(run_dir, config, resume=resume is not None, overwrite=values.get("overwrite", False))
     broadcast_object_list(extending)
     extending = extending[0]
     # A run stopped before its first checkpoint has nothing to go on from: it starts over, in its folder.
@@ -253,14 +253,14 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
                             f"train at least one epoch")
         if main_process:
             if extending:
-                runs.write_yaml(run_dir / runs.CONFIG_FILE, config)
-            runs.write_json(run_dir / "metrics.json", summary)
-            runs.write_json(run_dir / "labels.json", list(prepared.labels))
+                run_folders.write_yaml(run_dir / run_folders.CONFIG_FILE, config)
+            run_folders.write_json(run_dir / "metrics.json", summary)
+            run_folders.write_json(run_dir / "labels.json", list(prepared.labels))
             plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png", spec.main_metric)
             task.report(run_dir, summary["val"])
             card_config = {**config, "taskzoo_version": __version__, "backbone": config["resolved"]["backbone"]}
-            runs.write_model_card(run_dir, card_config, summary, task.model_card_usage(run_dir))
-            runs.finish_run(run_dir, "complete")
+            run_folders.write_model_card(run_dir, card_config, summary, task.model_card_usage(run_dir))
+            run_folders.finish_run(run_dir, "complete")
             if not prepared.values.get("keep_checkpoint"):
                 training.keep_progress_only(run_dir)
         trackers.finish(run_dir)
@@ -271,7 +271,7 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
         trackers.finish(status="FAILED")
         if main_process and run_dir.exists():
             reason = " ".join(str(error).split()) or type(error).__name__
-            runs.finish_run(run_dir, "failed", reason=f"{type(error).__name__}: {reason}"[:500], extension=extending)
+            run_folders.finish_run(run_dir, "failed", reason=f"{type(error).__name__}: {reason}"[:500], extension=extending)
         if extending and isinstance(error, UserError):
             raise type(error)(f"{error}; the run stays complete with its earlier model; retry the extension with: "
                               f"tasks run {spec.name} --resume {run_dir} --epochs {values['epochs']}") from None
@@ -286,13 +286,13 @@ def _resume_start(spec: TaskSpec, folder: Path, values: Mapping[str, Any], notif
     optimizer), else None (the checkpoint's weights, or a run that starts over)."""
     from taskzoo import trainer as training
 
-    complete = (runs.read_status(folder) or {}).get("status") == "complete"
+    complete = (run_folders.read_status(folder) or {}).get("status") == "complete"
     progress = training.checkpoint_progress(folder)
     if complete and progress is None:
         raise UserError(f"--resume {folder}: the run is complete and kept no checkpoint to extend it from; "
-                        f"start a new run with --config {folder / runs.CONFIG_FILE}")
+                        f"start a new run with --config {folder / run_folders.CONFIG_FILE}")
     if complete:
-        with runs.damaged_file(f"--resume {folder}: its metrics.json is damaged",
+        with run_folders.damaged_file(f"--resume {folder}: its metrics.json is damaged",
                                "expected the JSON a complete run writes"):
             trained = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["epochs_run"]
         if values["epochs"] <= trained:
@@ -300,12 +300,12 @@ def _resume_start(spec: TaskSpec, folder: Path, values: Mapping[str, Any], notif
                             f"more than {trained} to train it further")
     if progress is None or training.has_weights(folder):
         return None
-    if not (folder / runs.MODEL_FOLDER).is_dir():
+    if not (folder / run_folders.MODEL_FOLDER).is_dir():
         raise UserError(f"--resume {folder}: its checkpoint/ holds no weights and there is no model/ to start "
                         "from; start the run again")
     notify("info", f"extending {folder} from its saved model (epoch {progress['best_epoch']}) with a fresh optimizer "
                    "state, which the run did not keep (--keep-checkpoint keeps it)")
-    return folder / runs.MODEL_FOLDER
+    return folder / run_folders.MODEL_FOLDER
 
 
 def _interrupted(spec: TaskSpec, run_dir: Path, error: KeyboardInterrupt, main_process: bool,
@@ -318,7 +318,7 @@ def _interrupted(spec: TaskSpec, run_dir: Path, error: KeyboardInterrupt, main_p
     signum = getattr(error, "signum", None)
     if main_process and run_dir.exists():
         reason = "stopped before it finished" if resumable or extending else "stopped before its first checkpoint"
-        runs.finish_run(run_dir, "interrupted", reason=reason, extension=extending)
+        run_folders.finish_run(run_dir, "interrupted", reason=reason, extension=extending)
     if extending:
         return RunInterrupted(f"{run_dir}: the extension was interrupted; the run stays complete with its earlier "
                               f"model; continue the extension with: tasks run {spec.name} --resume {run_dir} --epochs {epochs}", signum)
@@ -338,7 +338,7 @@ def resume_folder(resume: Any, output: Any) -> Path | None:
         return Path(resume)
     if _environment_number("TORCHELASTIC_MAX_RESTARTS") > 0 and not output:
         raise UserError("--output is needed under torchrun --max-restarts: restarted workers continue the run in it")
-    if _environment_number("TORCHELASTIC_RESTART_COUNT") > 0 and output and (Path(output) / runs.STATUS_FILE).exists():
+    if _environment_number("TORCHELASTIC_RESTART_COUNT") > 0 and output and (Path(output) / run_folders.STATUS_FILE).exists():
         return Path(output)
     return None
 
@@ -357,7 +357,7 @@ def run_values(spec: TaskSpec, given: Mapping[str, Any], *, resume: Path | None 
     and `taskzoo.train` share."""
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if resume is not None:
-        layers.append((str(Path(resume) / runs.CONFIG_FILE), resume_layer(spec, Path(resume))))
+        layers.append((str(Path(resume) / run_folders.CONFIG_FILE), resume_layer(spec, Path(resume))))
     if config is not None:
         layers.append((str(config), schema.read_config_file(Path(config))))
     files = {name: path for name, path in (("resume", resume), ("config", config)) if path is not None}
@@ -367,7 +367,7 @@ def run_values(spec: TaskSpec, given: Mapping[str, Any], *, resume: Path | None 
 
 def resume_layer(spec: TaskSpec, folder: Path) -> dict[str, Any]:
     """The options a run folder was started with, for ``--resume``."""
-    saved = runs.open_run(Path(folder), require_complete=False, option="resume")
+    saved = run_folders.open_run(Path(folder), require_complete=False, option="resume")
     if saved.get("task") != spec.name:
         raise UserError(f"--resume {folder}: that run is for task '{saved.get('task')}', not '{spec.name}'")
     known = {option.key for option in schema.for_command(spec, "run")}
@@ -402,13 +402,13 @@ def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | 
     from taskzoo.trainer import make_accelerator
 
     folder = Path(folder)
-    config = runs.open_run(folder)
+    config = run_folders.open_run(folder)
     spec = get_host().task(config["task"])
     values = schema.resolve(spec, command, [(schema.run_where(spec), given)])
     run_options = {option.key: option.default for option in spec.options}
     run_options.update(schema.remembered(spec, config))
     task = make_task(spec, run_options, notify=notify)
-    with runs.damaged_file(f"--model {folder}: its model/ cannot be loaded",
+    with run_folders.damaged_file(f"--model {folder}: its model/ cannot be loaded",
                            f"expected what a {spec.name} run saves there"):
         model = task.load(folder / "model")
     loaded = Loaded(spec, config, task, model, make_accelerator(values["device"], "no"), run_options)
@@ -489,7 +489,7 @@ def evaluate(folder: Path, data: Path, given: Mapping[str, Any], notify: Notify 
     metrics = scored.metrics(get_host().metrics(loaded.spec.name), MetricContext(task=loaded.spec.name, labels=tuple(labels)))
     out_dir = evaluation_folder(Path(folder), Path(data), given.get("output"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out_dir / "metrics.json", {"data": str(data), "examples": task.size(test), **metrics})
+    run_folders.write_json(out_dir / "metrics.json", {"data": str(data), "examples": task.size(test), **metrics})
     pictures = task.report(out_dir, metrics)
     return Evaluation(metrics, out_dir, pictures, task.size(test), task.size_unit)
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.options import default_of
-from taskzoo.runs import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
+from taskzoo.run_folders import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
 from taskzoo.specs import MetricContext, MetricSpec
 from taskzoo.task import Task
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import options as schema
-from taskzoo import runs
+from taskzoo import run_folders
 from taskzoo.errors import RunInterrupted, UserError
 from taskzoo.plugins import get_host
 from taskzoo.specs import SearchParam, TaskSpec, training_space
@@ -243,7 +243,7 @@ class TuneResult:
 
 
 def default_tune_dir(task: str) -> Path:
-    return runs.default_run_dir(task, Path("tunes"))
+    return run_folders.default_run_dir(task, Path("tunes"))
 
 
 def split_given(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -307,7 +307,7 @@ def _start_folder(folder: Path, spec: TaskSpec, base: Mapping[str, Any], own: Ma
               "storage": _without_password(own["storage"]) if own.get("storage") else str(folder / JOURNAL_FILE),
               "study": own.get("study") or folder.name, "space": {p.name: p.describe() for p in space},
               "run_options": _jsonable(base)}
-    runs.write_json(marker, record)
+    run_folders.write_json(marker, record)
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -495,7 +495,7 @@ class _Search:
         }
         if best is not None and default is not None and default.value is not None:
             summary["gain_over_default"] = best.value - default.value
-        runs.write_json(self.folder / SUMMARY_FILE, summary)
+        run_folders.write_json(self.folder / SUMMARY_FILE, summary)
         if best is not None:
             _link_best(self.folder, Path(best.user_attrs.get("folder", "")))
         _draw(self.folder, self.study, self.spec.main_metric)

@@ -15,7 +15,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +333,73 @@ def write_model_card(folder: Path, config: Mapping[str, Any], summary: Mapping[s
         "",
     ]
     write_atomically(folder / "README.md", "\n".join(lines))
+
+
+def describe(folder: Path) -> dict[str, Any] | None:
+    """One row of ``tasks runs``: a run folder's or a tune folder's task, backbone, status, main
+    metric and dates; None for a folder that is neither. A ``running`` run whose lock nobody holds
+    is reported ``interrupted``, as `open_run` treats it."""
+    folder = Path(folder)
+    tune = _read_json(folder / "tune.json")
+    if tune is not None:
+        summary = _read_json(folder / "summary.json") or {}
+        best = summary.get("best") or {}
+        finished = summary.get("finished", 0)
+        return {"kind": "tune", "folder": str(folder), "task": tune.get("task"),
+                "backbone": (tune.get("run_options") or {}).get("backbone"),
+                "status": f"{finished}/{tune.get('trials')} trials",
+                "main_metric": summary.get("main_metric"), "value": best.get("value"),
+                "started": _modified(folder / "tune.json"), "finished": None}
+    status = read_status(folder)
+    if status is None or not (folder / CONFIG_FILE).exists():
+        return None
+    try:
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        config = {}
+    state = status.get("status")
+    if state == "running" and not writer(folder):
+        state = "interrupted"
+    metrics = _read_json(folder / "metrics.json") or {}
+    resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else {}
+    backbone = resolved.get("backbone") or config.get("backbone")
+    return {"kind": "run", "folder": str(folder), "task": config.get("task"),
+            "backbone": backbone.get("name") if isinstance(backbone, dict) else backbone, "status": state,
+            "main_metric": metrics.get("main_metric"), "value": metrics.get("best"),
+            "started": status.get("started"), "finished": status.get("finished")}
+
+
+def find_runs(roots: Sequence[Path], *, task: str | None = None, status: str | None = None,
+              sort: str = "started") -> list[dict[str, Any]]:
+    """Every run and tune folder under ``roots`` (a tune's trials included), as `describe` rows,
+    filtered by task and status (``complete``, ``failed``, ``interrupted``, ``running`` or ``tune``)
+    and sorted by ``started`` (newest first), ``value`` (highest first), ``task`` or ``folder``."""
+    markers = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise UserError(f"{root}: no such folder")
+        markers += [*root.rglob(STATUS_FILE), *root.rglob("tune.json")]
+    rows = []
+    for marker in sorted(markers):
+        row = describe(marker.parent)
+        if row is None or (task and row["task"] != task):
+            continue
+        if status and not (row["status"] == status or (status == "tune" and row["kind"] == "tune")):
+            continue
+        rows.append(row)
+    keys = {"started": lambda r: r["started"] or "", "task": lambda r: (r["task"] or "", r["folder"]),
+            "folder": lambda r: r["folder"], "value": lambda r: (r["value"] is not None, r["value"] or 0)}
+    if sort not in keys:
+        raise UserError(f"--sort: expected one of {', '.join(keys)}, got {sort!r}")
+    return sorted(rows, key=keys[sort], reverse=sort in ("started", "value"))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _modified(path: Path) -> str:
+    return _dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat(timespec="seconds")
