@@ -85,10 +85,10 @@ def write_inputs(path: Path, lines: int) -> Path:
     return path
 
 
-def run_arm(arm: str, model: Path, data: Path, output: Path, threads: int) -> dict[str, float]:
+def run_arm(arm: str, model: Path, data: Path, output: Path, threads: int, batch_size: int | None) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-c", ARM, arm, "predict", "--model", str(model), "--data", str(data),
-               "--output", str(output), "--device", "cpu"]
+               "--output", str(output), "--device", "cpu", *(["--batch-size", str(batch_size)] if batch_size else [])]
     started = time.perf_counter()
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: progress bars would fill a pipe and block
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--whole-up-to", type=int, default=100_000,
                         help="run the whole arm only up to this many lines (it holds everything: slow and large)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, help="predict's --batch-size in both arms (default: the run's, doubled)")
     parser.add_argument("--max-length", type=int, default=16,
                         help="tokens per text of the run trained when --model is not given (short: the benchmark "
                              "is about memory, and a million lines take long enough)")
@@ -126,7 +127,7 @@ def main() -> None:
                 if arm == "whole" and size > args.whole_up_to:
                     continue
                 outputs[arm] = scratch / f"{arm}-{size}.csv"
-                figures = run_arm(arm, model, data, outputs[arm], args.threads)
+                figures = run_arm(arm, model, data, outputs[arm], args.threads, args.batch_size)
                 results.append({"lines": size, "arm": arm, **figures})
                 print(f"{size:>9} lines  {arm:<5}  peak RSS {figures['peak_rss_mib']:7.0f} MiB  "
                       f"{figures['seconds']:7.1f} s  ({size / figures['seconds']:.0f} lines/s)", flush=True)

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import pytest
 from click.testing import CliRunner, Result
 
+from taskzoo.errors import UserError
 from taskzoo.options import SHARED_NAMES
 from taskzoo.plugins import PluginHost, PluginInfo, set_host
 from taskzoo.specs import SampleData, TaskSpec
@@ -214,6 +215,16 @@ class TaskConformance:
         known = {o.key for o in spec.options} | {name.replace("-", "_") for name in SHARED_NAMES}
         unknown = sorted(set(spec.defaults) - known)
         assert not unknown, f"defaults {unknown} are neither training options nor the task's own options"
+
+    def test_search_space_fits_its_options(self, spec: TaskSpec) -> None:
+        """What ``tasks tune`` searches by default names options the task takes, within their bounds."""
+        from taskzoo import tuning
+
+        try:
+            space = tuning.checked_space(spec, tuning.default_space(spec), "TaskSpec.search_space")
+        except UserError as error:
+            pytest.fail(str(error), pytrace=False)
+        assert space, "the default search space is empty"
 
     def test_listing_does_not_import_heavy_modules(self, plugin_info: PluginInfo) -> None:
         code = (

@@ -48,6 +48,8 @@ _NOT_SEARCHABLE = frozenset({"data", "val", "config", "output", "resume", "overw
                              "log_every", "tensorboard", "save_every", "keep_checkpoint", "seed"})
 # Heartbeats of database storages: a trial silent this long is failed and queued again.
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120
+# The pictures are drawn at the end and at most this often in between (a few seconds each).
+DRAW_EVERY_SECONDS = 300
 
 
 def _quiet(level: str, message: str) -> None:
@@ -344,6 +346,7 @@ class _Search:
         self.spec, self.study, self.space, self.base, self.folder = spec, study, space, base, folder
         self.run_given, self.own, self.notify = dict(run_given), own, notify
         self.wanted = own["trials"]
+        self._drawn = time.monotonic()
         self.deadline = time.monotonic() + timeout if timeout else None
         self.host, self.pid = socket.gethostname(), os.getpid()
         self._recover_dead_trials()
@@ -386,7 +389,7 @@ class _Search:
                 return
             self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
             self._report_last()
-            self.write_summary()
+            self.write_summary(draw=time.monotonic() - self._drawn > DRAW_EVERY_SECONDS)
 
     def _finished_and_running(self) -> tuple[int, int, int]:
         counts = self._counts()
@@ -481,7 +484,8 @@ class _Search:
 
     # -- results -----------------------------------------------------------------------------
 
-    def write_summary(self) -> dict[str, Any]:
+    def write_summary(self, draw: bool = True) -> dict[str, Any]:
+        """``summary.json`` and the ``best`` link; with ``draw``, the pictures too."""
         trials = self.study.get_trials(deepcopy=False)
         best = self._best()
         default = next((t for t in trials if t.user_attrs.get("default")), None)
@@ -498,7 +502,9 @@ class _Search:
         run_folders.write_json(self.folder / SUMMARY_FILE, summary)
         if best is not None:
             _link_best(self.folder, Path(best.user_attrs.get("folder", "")))
-        _draw(self.folder, self.study, self.spec.main_metric)
+        if draw:
+            _draw(self.folder, self.study, self.spec.main_metric)
+            self._drawn = time.monotonic()
         return summary
 
 
