@@ -2,8 +2,10 @@
 
 The same search in both arms, each in its own subprocess of this script: the same data split
 (taskzoo's reader and split, handed to both), backbone, space (learning rate log-uniform, batch size,
-epochs), number of trials, Optuna's TPE sampler with the same seed and a median pruner fed by each
-epoch's validation accuracy. Reports the whole search's wall time, the ratio taskzoo /
+epochs), number of trials, first trial (the task's default learning rate and batch size), Optuna's
+TPE sampler as taskzoo configures it (`taskzoo.tuning.make_sampler`, same seed) and a median pruner
+fed by each epoch's validation accuracy, so both arms try the same parameters trial by trial until
+a pruning decision differs. Reports the whole search's wall time, the ratio taskzoo /
 transformers, the best validation accuracy of each and, for taskzoo, its first trial (the default
 configuration)::
 
@@ -62,6 +64,7 @@ def hf_arm(opts: argparse.Namespace) -> dict[str, Any]:
     from accelerate.utils import set_seed
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    from taskzoo import tuning
     from taskzoo.weights import resolve_backbone
 
     host = _common.arm_setup(opts)
@@ -111,7 +114,7 @@ def hf_arm(opts: argparse.Namespace) -> dict[str, Any]:
         best = trainer.hyperparameter_search(
             direction="maximize", backend="optuna", hp_space=space, n_trials=opts.trials,
             compute_objective=lambda metrics: metrics["eval_accuracy"], storage=storage, study_name="hps",
-            load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=opts.seed),
+            load_if_exists=True, sampler=tuning.make_sampler(opts.seed, opts.trials),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
         seconds = time.perf_counter() - started
     trials = optuna.load_study(study_name="hps", storage=storage).trials

@@ -116,6 +116,7 @@ def test_each_shared_option_is_taken_alike_by_cli_yaml_and_python(option, toy, r
         taskzoo.train("toy", **{k: v for k, v in base.items()}, **{option.key: value})
     assert len(seen) == 3, f"not every front end reached the pipeline: {seen}"
     expected = Path(value) if option.type is Path else value
+    expected = [expected] if option.multiple else expected  # a repeatable option given once
     assert [values[option.key] for values in seen] == [expected] * 3
     without_config = [{k: v for k, v in values.items() if k != "config"} for values in seen]
     assert without_config[0] == without_config[1] == without_config[2]

@@ -335,6 +335,14 @@ def _open_study(spec: TaskSpec, own: Mapping[str, Any], folder: Path) -> Any:
     return study
 
 
+def make_sampler(seed: int, trials: int) -> Any:
+    """TPE as a search of ``trials`` uses it: random for the first third (2 to 10 trials), then
+    guided; ``constant_liar`` keeps parallel workers from all trying the same point."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=max(2, min(10, trials // 3)))
+
+
 class _Search:
     """One worker's share of a study: trials until the study holds ``trials`` finished ones."""
 
@@ -353,11 +361,11 @@ class _Search:
         if not study.trials:
             defaults = {p.name: base[p.key] for p in space if _inside(p, base[p.key]) and len(p.choices) != 1}
             study.enqueue_trial(defaults, user_attrs={"default": True}, skip_if_exists=True)
-        # One worker alone on a study samples as --seed says; a worker joining others draws its own.
-        others = any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
-        seed = base["seed"] + len(study.trials) + (self.pid if others else 0)
-        study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True,
-                                                   n_startup_trials=max(2, min(10, self.wanted // 3)))
+        # A new study samples as --seed says; a continued one, or a worker joining others, draws afresh.
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        others = optuna.trial.TrialState.RUNNING in states
+        started = sum(state != optuna.trial.TrialState.WAITING for state in states)
+        study.sampler = make_sampler(base["seed"] + started + (self.pid if others else 0), self.wanted)
         study.pruner = (optuna.pruners.NopPruner() if own.get("no_prune")
                         else optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
 
