@@ -165,7 +165,7 @@ def _tune_command(data: Path, output: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_a_tune_killed_mid_trial_continues_to_exactly_n_trials(small_reviews, tmp_path):
     space = tmp_path / "space.yaml"
-    space.write_text("lr: {low: 5.0e-5, high: 3.0e-4, log: true}\nepochs: [2]\n")
+    space.write_text("lr: {low: 5.0e-5, high: 3.0e-4, log: true}\nepochs: [1]\n")
     command = _tune_command(small_reviews, tmp_path / "t", "--trials", "3", "--space", str(space), "--no-prune")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = tmp_path / "t" / "trials" / "trial-0001" / "metrics.jsonl"
