@@ -548,16 +548,18 @@ def _link_best(folder: Path, best: Path) -> None:
 def _draw(folder: Path, study: Any, metric: str) -> None:
     """The search as pictures: the main metric over trials, parameter importances, and the main
     metric against the learning rate."""
-    from taskzoo.helpers.plots import save_figure
+    from taskzoo.helpers.plots import _pyplot, save_figure
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if not complete:
         return
     import optuna.visualization.matplotlib as views
 
-    with warnings.catch_warnings():
+    # optuna's views switch matplotlib to its ggplot style: rc_context puts the run's own style back.
+    with warnings.catch_warnings(), _pyplot().rc_context():
         warnings.simplefilter("ignore")  # optuna's matplotlib views are marked experimental
         axes = views.plot_optimization_history(study, target_name=metric)
+        axes.figure.tight_layout()
         save_figure(axes.figure, folder / "optimization_history.png")
         if len(complete) >= 2:
             try:
