@@ -121,6 +121,57 @@ def test_a_storage_without_its_server_is_one_line(runner, tmp_path, review_split
     assert "cannot open the study store" in result.output and "secret" not in result.output
 
 
+# -- studies of the toy task (a tiny network: trials take a second) -------------------------------
+
+
+@pytest.fixture
+def toy(use_host, tmp_path):
+    from toy_plugin import ToyPlugin, toy_points
+
+    use_host(entry_points=[], plugins=[("toy", ToyPlugin())], registry_path=None)
+    return toy_points(tmp_path / "points.csv")
+
+
+def test_running_again_continues_to_the_total_never_adds_as_many(toy, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 0.01, high: 0.3, log: true}\n")
+    first = taskzoo.tune("toy", toy, trials=2, space=space, output=tmp_path / "t", progress=False, device="cpu")
+    assert first.summary["finished"] == 2 and first.summary["default"]["params"] == {"lr": 0.1}
+    again = taskzoo.tune("toy", toy, trials=3, space=space, output=tmp_path / "t", progress=False, device="cpu")
+    numbers = [trial["number"] for trial in again.summary["trials"]]
+    assert again.summary["finished"] == 3 and numbers == [0, 1, 2]
+    assert [t["params"] for t in again.summary["trials"][:2]] == [t["params"] for t in first.summary["trials"]]
+    assert again.best.metrics["best"] == again.summary["best"]["value"]
+
+
+def test_timeout_stops_the_running_trial_at_its_epoch_and_starts_no_other(toy, tmp_path):
+    result = taskzoo.tune("toy", toy, trials=5, timeout="0.01", output=tmp_path / "t", progress=False, device="cpu",
+                          epochs=3, no_prune=True)
+    (trial,) = result.summary["trials"]
+    assert trial["state"] == "pruned" and trial["stopped"] == "stopped by --timeout after epoch 1"
+    assert json.loads((Path(trial["folder"]) / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(toy, tmp_path, monkeypatch):
+    from taskzoo import pipeline
+
+    real_train = pipeline.train
+
+    def train(spec, values, **kwargs):
+        if values["lr"] > 0.2:
+            raise RuntimeError("CUDA out of memory (pretend)")
+        return real_train(spec, values, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", train)
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: [0.1, 0.5]\n")
+    result = taskzoo.tune("toy", toy, trials=2, space=space, output=tmp_path / "t", progress=False, device="cpu",
+                          seed=1)
+    failed = [t for t in result.summary["trials"] if t["state"] == "fail"]
+    assert result.summary["finished"] == 2 and failed, result.summary["trials"]
+    assert all(t["error"] == "RuntimeError: CUDA out of memory (pretend)" and t["params"]["lr"] == 0.5 for t in failed)
+
+
 # -- real studies --------------------------------------------------------------------------------
 
 
