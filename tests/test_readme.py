@@ -73,8 +73,10 @@ def test_every_readme_command_runs(scratch: Path):
         if args[0] == "run":
             last_task = args[1]
             args += QUICK[last_task] + ["--output", f"runs/readme-{number}"]
+        if args[0] == "tune" and "--show-space" not in args:  # one trial: the default configuration
+            args += QUICK[args[1]] + ["--trials", "1"] + ([] if "--output" in args else ["--output", f"tunes/readme-{number}"])
         # --init and the commands after a run refer to the latest run of their task.
-        task = last_task if args[0] != "run" else args[1]
+        task = last_task if args[0] not in ("run", "tune") else args[1]
         args = [RUN_ID.sub(latest.get(task, "runs/<none>"), arg) for arg in args]
         result = runner.invoke(cli, args, catch_exceptions=True)
         if needs_hub:
