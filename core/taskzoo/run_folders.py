@@ -234,9 +234,14 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def read_status(folder: Path) -> dict[str, Any] | None:
+    return _read_json(folder / STATUS_FILE)
+
+
+def _read_config(folder: Path) -> Any:
+    """The run's ``config.yaml`` as YAML reads it; None when it is not YAML text."""
     try:
-        return json.loads((folder / STATUS_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
         return None
 
 
@@ -249,10 +254,7 @@ def open_run(folder: Path, *, require_complete: bool = True, option: str = "mode
     status = read_status(folder)
     if status is None or not (folder / CONFIG_FILE).exists():
         raise UserError(f"{where}: not a taskzoo run folder (no {STATUS_FILE} or {CONFIG_FILE})")
-    try:
-        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        config = None
+    config = _read_config(folder)
     if not isinstance(config, dict) or not isinstance(config.get("task"), str):
         raise UserError(f"{where}: its {CONFIG_FILE} is damaged (expected a mapping with the run's task)")
     state = status.get("status")
@@ -353,10 +355,8 @@ def describe(folder: Path) -> dict[str, Any] | None:
     status = read_status(folder)
     if status is None or not (folder / CONFIG_FILE).exists():
         return None
-    try:
-        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        config = {}
+    config = _read_config(folder)
+    config = config if isinstance(config, dict) else {}
     state = status.get("status")
     if state == "running" and not writer(folder):
         state = "interrupted"

@@ -238,11 +238,6 @@ class TuneResult:
     summary: dict[str, Any]
     space: list[SearchParam]
 
-    @property
-    def best_folder(self) -> Path | None:
-        best = self.summary.get("best")
-        return Path(best["folder"]) if best and best.get("folder") else None
-
 
 def default_tune_dir(task: str) -> Path:
     return run_folders.default_run_dir(task, Path("tunes"))
