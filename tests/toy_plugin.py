@@ -92,6 +92,11 @@ class ToyTask(Task):
         load_model(model, str(folder / "model.safetensors"))
         return model
 
+    def export_graph(self, model):
+        from taskzoo.export import Graph
+
+        return Graph(network=model.layer, input_names=("x",))
+
     def write_predictions(self, data, predictions, output) -> str:
         ordered = sorted(predictions, key=lambda p: p["index"])
         return "\n".join(self._labels[p["label"]] for p in ordered)

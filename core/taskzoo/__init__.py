@@ -12,7 +12,7 @@ Plugins import the records they declare from here too (`TaskSpec`, `BackboneSpec
 """
 
 from taskzoo.api import Run, Tune, backbones, check, load, runs, tasks, train, tune
-from taskzoo.errors import DataError, RunInterrupted, UserError
+from taskzoo.errors import DataError, ParityError, RunInterrupted, UserError
 from taskzoo.hookspecs import hookimpl
 from taskzoo.specs import (BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, SearchParam, TaskSpec,
                            training_space)
@@ -31,6 +31,7 @@ __all__ = [
     "tune",
     "UserError",
     "DataError",
+    "ParityError",
     "RunInterrupted",
     # writing plugins
     "BackboneSource",

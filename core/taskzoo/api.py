@@ -1,4 +1,4 @@
-"""taskzoo from Python: `train`, `tune`, `load`, `Run`, `check`, `tasks`, `backbones`.
+"""taskzoo from Python: `train`, `tune`, `load`, `Run` (predict, evaluate, export), `check`, `tasks`, `backbones`.
 
 Every keyword argument is a ``tasks`` option under its underscored name, with the same default and
 the same checks (`taskzoo.options`); a wrong name or value raises `taskzoo.UserError` with the
@@ -51,14 +51,16 @@ class Run:
     ``folder``: the run folder; ``config``: its resolved ``config.yaml``; ``metrics``: its
     ``metrics.json`` (``metrics["best"]`` is the best epoch's main metric); ``task``: the task name.
     The model is loaded on the first `predict` or `evaluate` and kept for the next calls.
-    ``progress=False`` hides their progress bars.
+    ``progress=False`` hides their progress bars; ``runtime="onnx"`` predicts and evaluates with the
+    run's ONNX export (see `export`) instead of the PyTorch model.
     """
 
-    def __init__(self, folder: PathArg, *, progress: bool = True) -> None:
+    def __init__(self, folder: PathArg, *, progress: bool = True, runtime: str = "torch") -> None:
         from taskzoo import run_folders
 
         self.folder = Path(folder)
         self.progress = progress
+        self.runtime = runtime
         self.config: dict[str, Any] = run_folders.open_run(self.folder)
         metrics_file = self.folder / "metrics.json"
         self.metrics: dict[str, Any] = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
@@ -76,17 +78,18 @@ class Run:
     def _load(self, command: str, given: dict[str, Any]) -> Any:
         from taskzoo import pipeline
 
-        # The model is loaded once per device; each call sets its own options on the task (both
-        # check the options' names and values).
-        device = given.get("device", "auto")
-        if self._loaded.get("device") != device:
-            self._loaded = {"device": device, "run": pipeline.load(self.folder, command, given, _warn)}
+        # The model is loaded once per device and runtime; each call sets its own options on the task
+        # (both check the options' names and values).
+        where = (given.get("device", "auto"), given.get("runtime", "torch"))
+        if self._loaded.get("where") != where:
+            self._loaded = {"where": where, "run": pipeline.load(self.folder, command, given, _warn)}
         else:
             pipeline.use_options(self._loaded["run"], command, given)
         return self._loaded["run"]
 
     def predict(self, data: PathArg | Sequence[str] | None = None, *, output: PathArg | None = None,
-                batch_size: int | None = None, device: str = "auto", **task_options: Any) -> list[dict[str, Any]]:
+                batch_size: int | None = None, device: str = "auto", runtime: str | None = None,
+                **task_options: Any) -> list[dict[str, Any]]:
         """Predictions as the records ``tasks predict`` writes, scores included, in input order.
 
         ``data`` is a file or folder, or a list of inputs (texts for sentiment and NER, user ids for
@@ -96,7 +99,7 @@ class Run:
         from taskzoo import pipeline
 
         given = {k: v for k, v in {"output": output, "batch_size": batch_size, "device": device,
-                                   **task_options}.items() if v is not None}
+                                   "runtime": runtime or self.runtime, **task_options}.items() if v is not None}
         path: Path | None = None
         if isinstance(data, (str, PathLike)):
             path = Path(data)
@@ -113,7 +116,7 @@ class Run:
             return pipeline.predict(self.folder, path, given, loaded=loaded, as_text=False).records
 
     def evaluate(self, data: PathArg, *, output: PathArg | None = None, batch_size: int | None = None,
-                 device: str = "auto", **task_options: Any) -> dict[str, Any]:
+                 device: str = "auto", runtime: str | None = None, **task_options: Any) -> dict[str, Any]:
         """Score the run on labelled ``data``; the metrics ``tasks evaluate`` writes (also written to
         ``output``, default ``RUN/eval-<file name>/``, with its pictures)."""
         from taskzoo import pipeline
@@ -121,10 +124,24 @@ class Run:
         if not isinstance(data, (str, PathLike)):
             raise UserError(f"data: expected the path of labelled data, got {type(data).__name__}")
         given = {k: v for k, v in {"output": output, "batch_size": batch_size, "device": device,
-                                   **task_options}.items() if v is not None}
+                                   "runtime": runtime or self.runtime, **task_options}.items() if v is not None}
         with _progress.shown(self.progress):
             loaded = self._load("evaluate", given)
             return pipeline.evaluate(self.folder, Path(data), given, _warn, loaded=loaded).metrics
+
+    def export(self, output: PathArg | None = None, *, data: PathArg | None = None, opset: int = 18,
+               quantize: str = "none", tolerance: float | None = None, batch_size: int | None = None) -> dict[str, Any]:
+        """Export the run to ONNX as ``tasks export`` does (into ``output``, default ``RUN/export``)
+        and check it on ``data`` (default: the run's validation data); returns its ``export.json``
+        with ``folder`` added. A main metric that drifts beyond ``tolerance`` raises
+        `taskzoo.ParityError` (the export stays, marked ``good: false``)."""
+        from taskzoo import pipeline
+
+        given = {k: v for k, v in {"output": output, "data": data, "opset": opset, "quantize": quantize,
+                                   "tolerance": tolerance, "batch_size": batch_size}.items() if v is not None}
+        with _progress.shown(self.progress):
+            result = pipeline.export(self.folder, given, _warn)
+        return {"folder": result.folder, **result.record}
 
 
 def _inline_option(spec: Any) -> str | None:
@@ -188,11 +205,14 @@ def tune(task: str, data: PathArg | None = None, *, trials: int = 20, space: Pat
     return Tune(result.folder, result.summary, progress=progress)
 
 
-def load(folder: PathArg, *, progress: bool = True) -> Run:
-    """A finished run folder (of this or an earlier taskzoo), ready to predict and evaluate."""
+def load(folder: PathArg, *, progress: bool = True, runtime: str = "torch") -> Run:
+    """A finished run folder (of this or an earlier taskzoo), ready to predict and evaluate; with
+    ``runtime="onnx"`` through its ONNX export (exported first when it has none)."""
     if not isinstance(folder, (str, PathLike)):
         raise UserError(f"folder: expected the path of a run folder, got {type(folder).__name__}")
-    return Run(folder, progress=progress)
+    if runtime not in ("torch", "onnx"):
+        raise UserError(f"runtime: expected one of torch, onnx, got {runtime!r}")
+    return Run(folder, progress=progress, runtime=runtime)
 
 
 def runs(folder: PathArg | None = None, *, task: str | None = None, status: str | None = None,

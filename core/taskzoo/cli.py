@@ -18,7 +18,7 @@ import click
 
 import taskzoo
 from taskzoo import options as schema
-from taskzoo.errors import RunInterrupted, UserError
+from taskzoo.errors import ParityError, RunInterrupted, UserError
 from taskzoo.plugins import get_host
 from taskzoo.specs import Option, TaskSpec
 
@@ -38,6 +38,9 @@ class TasksGroup(click.Group):
             return super().invoke(ctx)
         except UserError as error:
             raise UserFacingError(" ".join(str(error).split())) from None
+        except ParityError as error:
+            click.echo(f"error: {' '.join(str(error).split())}", err=True)
+            ctx.exit(1)
         except RunInterrupted as stopped:
             click.echo(f"\n{stopped}", err=True)
             # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
@@ -219,6 +222,11 @@ def _notify(level: str, message: str) -> None:
         click.echo(f"warning: {message}", err=True)
     else:
         click.echo(message)
+
+
+def _aside(level: str, message: str) -> None:
+    """Findings and notices on stderr, for commands whose stdout is their result (predict)."""
+    click.echo(f"warning: {message}" if level == "warning" else message, err=True)
 
 
 def _warnings_only(level: str, message: str) -> None:
@@ -424,7 +432,7 @@ def _predict(**params: Any) -> None:
     if model is None:
         raise click.UsageError("--model RUN is required")
     result = pipeline.predict(Path(model), Path(data) if data else None, given, as_text=not as_json,
-                              keep_records=as_json, notify=_notify)
+                              keep_records=as_json, notify=_aside)
     if as_json:
         for record in result.records:
             click.echo(json.dumps(record, default=_jsonable))
@@ -432,6 +440,28 @@ def _predict(**params: Any) -> None:
         click.echo(result.text)
     if given.get("output") is not None:
         click.echo(f"wrote {result.size} predictions to {given['output']}", err=True)
+
+
+def _export(**params: Any) -> None:
+    from taskzoo import pipeline
+
+    given = given_values(params)
+    model, as_json = given.pop("model", None), given.pop("json", False)
+    if model is None:
+        raise click.UsageError("--model RUN is required")
+    result = pipeline.export(Path(model), given, _warnings_only)
+    if as_json:
+        _echo_json({"folder": str(result.folder), **result.record})
+        return
+    record, parity = result.record, result.record["parity"]
+    main = parity["main_metric"]
+    click.echo(f"exported {model} to {result.folder} (opset {record['opset']}, "
+               f"{'int8 weights' if record['quantize'] == 'int8' else 'fp32'}; fused: {record['fused']})")
+    difference = parity["max_abs_difference"]
+    click.echo(f"parity on {parity['data']} ({parity['examples']} examples): {main} PyTorch "
+               f"{parity['pytorch'].get(main, float('nan')):.4f}, ONNX Runtime {parity['onnx'].get(main, float('nan')):.4f} "
+               f"(tolerance {parity['tolerance']:g}); same answer {parity['same_answer']}/{parity['examples']}"
+               + (f", largest output difference {difference:.2e}" if difference is not None else ""))
 
 
 def _jsonable(value: Any) -> Any:
@@ -446,6 +476,11 @@ cli.add_command(RunCommand("evaluate", _evaluate, help=(
 cli.add_command(RunCommand("predict", _predict, help=(
     "Predict with a trained run (--model RUN), from --data or a task's inline input (e.g. --text \"...\"). "
     "Options marked with task names apply to those tasks' runs.")))
+
+cli.add_command(RunCommand("export", _export, help=(
+    "Export a trained run (--model RUN) to ONNX in --output (default RUN/export) and check it: the export and "
+    "the PyTorch model score the run's validation data (or --data), and a main metric that drifts beyond "
+    "--tolerance fails the command (exit 1).")))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,3 +21,8 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int | None = None) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class ParityError(Exception):
+    """An export that does not score what its PyTorch model scores (beyond the tolerance): the
+    export is kept, marked not good, and the CLI prints the message on one line with exit code 1."""

@@ -24,16 +24,18 @@ from taskzoo.errors import UserError
 from taskzoo.specs import Option, TaskSpec
 from taskzoo.tracking import TRACKERS
 
-COMMANDS = ("run", "check", "evaluate", "predict")
+COMMANDS = ("run", "check", "evaluate", "predict", "export")
 _RUN = ("run",)
-_LOAD = ("evaluate", "predict")
+_LOAD = ("evaluate", "predict", "export")
+_EXPORT = ("export",)
 _TUNE = ("tune",)
 # ``tasks tune`` takes every run option (fixed for all trials, or searched) except these.
 _NOT_IN_TUNE = {"resume", "overwrite"}
 
 SHARED_OPTIONS: tuple[Option, ...] = (
     # -- inputs and outputs
-    Option("data", "Data file or folder (run, check: training data; evaluate: labelled test data; predict: inputs).",
+    Option("data", "Data file or folder (run, check: training data; evaluate: labelled test data; predict: inputs; "
+           "export: labelled data to check the export on, default the run's validation data).",
            type=Path, commands=COMMANDS),
     Option("val", "Validation data (default: a split of --data).", type=Path, commands=_RUN),
     Option("config", "YAML file of options; flags override it.", type=Path, commands=_RUN, remember=False),
@@ -45,14 +47,16 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("output", "run: the run folder (default runs/TASK-TIME). tune: the tune folder (default "
            "tunes/TASK-TIME). evaluate: the folder for metrics and pictures "
            "(default RUN/eval-DATA). predict: a file (.csv, .tsv, .jsonl) or, for tasks that draw pictures, a "
-           "folder (default: the screen).", type=Path, commands=("run", "evaluate", "predict")),
-    Option("json", "Print the result as JSON (evaluate: the metrics; predict: the prediction records).", type=bool,
+           "folder (default: the screen). export: the export folder (default RUN/export).", type=Path,
+           commands=("run", "evaluate", "predict", "export")),
+    Option("json", "Print the result as JSON (evaluate: the metrics; predict: the prediction records; export: "
+           "export.json).", type=bool,
            default=False, commands=_LOAD, remember=False),
     # -- the training recipe
     Option("backbone", "Backbone name from 'tasks backbones TASK', a hub id or a local folder.", commands=_RUN),
     Option("epochs", "Training epochs.", type=int, default=3, minimum=0, commands=_RUN),
-    Option("batch-size", "Examples per batch per device (evaluate, predict: default twice the run's).", type=int,
-           default=16, minimum=1, commands=("run", "evaluate", "predict")),
+    Option("batch-size", "Examples per batch per device (evaluate, predict, export: default twice the run's).",
+           type=int, default=16, minimum=1, commands=("run", "evaluate", "predict", "export")),
     Option("lr", "Peak learning rate (AdamW).", type=float, default=5e-5, minimum=0, commands=_RUN),
     Option("weight-decay", "AdamW weight decay.", type=float, default=0.01, minimum=0, commands=_RUN),
     Option("warmup-ratio", "Share of steps spent warming up the learning rate.", type=float, default=0.1,
@@ -71,6 +75,9 @@ SHARED_OPTIONS: tuple[Option, ...] = (
            commands=_RUN),
     Option("device", "Where to run.", default="auto", choices=("auto", "cpu", "cuda"),
            commands=("run", "evaluate", "predict"), remember=False),
+    Option("runtime", "torch: the run's PyTorch model; onnx: its ONNX export through ONNX Runtime (RUN/export, "
+           "exported first when there is none).", default="torch", choices=("torch", "onnx"),
+           commands=("evaluate", "predict"), remember=False),
     Option("mixed-precision", "auto: bf16 (or fp16) on CUDA, none on the CPU.", default="auto",
            choices=("auto", "no", "fp16", "bf16"), commands=_RUN),
     Option("log-every", "Log loss and throughput every N optimizer steps.", type=int, default=10, minimum=1,
@@ -101,6 +108,13 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("study", "Study name in --storage (default: the tune folder's name).", commands=_TUNE),
     Option("no-prune", "Run every trial to its last epoch (by default a trial whose main metric lags the median "
            "of earlier trials at the same epoch stops there).", type=bool, default=False, commands=_TUNE),
+    # -- an export (tasks export)
+    Option("opset", "ONNX opset of the exported graph.", type=int, default=18, minimum=14, maximum=23,
+           commands=_EXPORT),
+    Option("quantize", "none: fp32 weights; int8: dynamic int8 quantisation of the weights (for CPUs).",
+           default="none", choices=("none", "int8"), commands=_EXPORT),
+    Option("tolerance", "Largest drop or gain of the main metric the export may show against the PyTorch model "
+           "(default 0.001, with --quantize int8 0.01).", type=float, minimum=0, commands=_EXPORT),
 )
 
 SHARED_NAMES = frozenset(option.name for option in SHARED_OPTIONS)

@@ -20,6 +20,9 @@
 ``predict``: ``task.load``, ``task.read(data, role="predict")`` or ``task.inputs_from_options()``,
 ``task.dataloader``, ``task.predictions``, then ``task.records`` and ``task.write_predictions``.
 ``check``: ``task.read(data, role="train")`` and the plugins' checks.
+``export``: ``task.load``, ``task.export_graph`` and, to prove the export, the run's validation data
+(or ``--data``) through ``task.dataloader``, the model and ``task.predictions`` / ``task.answer``;
+``--runtime onnx`` in evaluate and predict runs that export in place of the model (`taskzoo.export`).
 
 Options arrive already resolved by `taskzoo.options.resolve` (defaults, config files and flags or
 keyword arguments merged and checked); printing is the front end's business: functions here
@@ -393,7 +396,9 @@ class Loaded:
     model: Any
     accelerator: Any
     run_options: dict[str, Any]
+    folder: Path = Path()
     batch_size: int = 0
+    runtime: str = "torch"
 
 
 def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | None = None) -> Loaded:
@@ -411,8 +416,16 @@ def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | 
     with run_folders.damaged_file(f"--model {folder}: its model/ cannot be loaded",
                            f"expected what a {spec.name} run saves there"):
         model = task.load(folder / "model")
-    loaded = Loaded(spec, config, task, model, make_accelerator(values["device"], "no"), run_options)
+    runtime = values.get("runtime") or "torch"
+    # ONNX Runtime places its own work; the task's batches stay on the CPU.
+    device = "cpu" if runtime == "onnx" or command == "export" else values["device"]
+    loaded = Loaded(spec, config, task, model, make_accelerator(device, "no"), run_options, folder)
     _apply(loaded, values, given)
+    if runtime == "onnx":
+        from taskzoo import export
+
+        loaded.model = export.onnx_model(loaded, device=values["device"], notify=notify or _quiet)
+        loaded.runtime = "onnx"
     return loaded
 
 
@@ -433,7 +446,8 @@ def _for_inference(loaded: Loaded, loader: Any) -> tuple[Any, Any]:
     """The model on its device without a data-parallel wrapper (nothing is trained), and the loader
     sharded across processes."""
     accelerator = loaded.accelerator
-    return accelerator.prepare_model(loaded.model, evaluation_mode=True), accelerator.prepare_data_loader(loader)
+    model = loaded.model if loaded.runtime == "onnx" else accelerator.prepare_model(loaded.model, evaluation_mode=True)
+    return model, accelerator.prepare_data_loader(loader)
 
 
 PART_SIZE = 4096  # inputs encoded, scored and written at a time: memory does not grow with the input
@@ -492,6 +506,17 @@ def evaluate(folder: Path, data: Path, given: Mapping[str, Any], notify: Notify 
     run_folders.write_json(out_dir / "metrics.json", {"data": str(data), "examples": task.size(test), **metrics})
     pictures = task.report(out_dir, metrics)
     return Evaluation(metrics, out_dir, pictures, task.size(test), task.size_unit)
+
+
+def export(folder: Path, given: Mapping[str, Any], notify: Notify = _quiet, loaded: Loaded | None = None) -> Any:
+    """Export a finished run to ONNX and check it on labelled data (`taskzoo.export.export`);
+    returns the `taskzoo.export.Export` (its folder and ``export.json`` record)."""
+    from taskzoo import export as exporting
+
+    loaded = loaded or load(folder, "export", given, notify)
+    values = schema.resolve(loaded.spec, "export", [(schema.run_where(loaded.spec), given)])
+    return exporting.export(loaded, output=values.get("output"), data=values.get("data"), opset=values["opset"],
+                            quantize=values["quantize"], tolerance=values.get("tolerance"), notify=notify)
 
 
 @dataclass

@@ -25,6 +25,8 @@ from taskzoo.specs import BackboneSpec, TaskSpec
 if TYPE_CHECKING:
     import torch
 
+    from taskzoo.export import Graph
+
 
 @dataclass(frozen=True)
 class FinishedRun:
@@ -210,6 +212,19 @@ class Task:
     def labels_of_model(self) -> list[str]:
         """The label names of the built or loaded model."""
         raise NotImplementedError
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def export_graph(self, model: torch.nn.Module) -> Graph:
+        """What of ``model`` becomes an ONNX graph, and how the task's batches feed it: a
+        `taskzoo.export.Graph`. For a network that takes one batch tensor and returns the output
+        tensor, ``Graph(network, input_names=("image",))`` is all it takes. The default: no export."""
+        raise UserError(f"task '{self.name}' has no ONNX export (its plugin does not define Task.export_graph)")
+
+    def answer(self, prediction: Any) -> Any:
+        """What of one prediction an export must reproduce exactly for the example to count as the
+        same answer in the parity report (not the scores): by default its ``label``, else all of it."""
+        return prediction.get("label", prediction) if isinstance(prediction, Mapping) else prediction
 
     # -- outputs ---------------------------------------------------------------------------------
 

@@ -100,6 +100,8 @@ def _same(first: Any, second: Any) -> bool:
         return isinstance(second, Mapping) and first.keys() == second.keys() and all(_same(first[k], second[k]) for k in first)
     if isinstance(first, (list, tuple)):
         return isinstance(second, (list, tuple)) and len(first) == len(second) and all(map(_same, first, second))
+    if isinstance(first, float) and isinstance(second, (int, float)):
+        return math.isclose(first, second, rel_tol=1e-3, abs_tol=1e-3) or (math.isnan(first) and math.isnan(second))
     return first == second
 
 
@@ -399,6 +401,38 @@ class TaskConformance:
                 assert parted[name] == pytest.approx(value, abs=1e-6), f"{name}: {parted[name]} in parts, {value} in one"
             else:
                 assert parted[name] == value, f"{name} differs when evaluated in parts"
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def test_exports_with_parity(self, taskzoo_host: PluginHost, spec: TaskSpec, trained_run: Path,
+                                 sample_paths: dict[str, Path], tmp_path: Path) -> None:
+        """`tasks export` writes an ONNX graph that scores what the PyTorch model scores (`Task.export_graph`)."""
+        folder = tmp_path / "export"
+        result = invoke(taskzoo_host, ["export", "--model", trained_run, "--data", sample_paths["test"],
+                                       "--output", folder, "--json"])
+        assert result.exit_code == 0, _explain(result)
+        record = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+        assert record["good"] and (folder / record["graph"]).is_file() and record["task"] == spec.name
+        parity = record["parity"]
+        main = parity["main_metric"]
+        assert abs(parity["onnx"][main] - parity["pytorch"][main]) <= parity["tolerance"], parity
+        assert parity["examples"] > 0 and 0 <= parity["same_answer"] <= parity["examples"]
+
+    def test_predicts_with_onnx_runtime_as_with_pytorch(self, taskzoo_host: PluginHost, trained_run: Path,
+                                                        sample_paths: dict[str, Path]) -> None:
+        """``--runtime onnx`` runs RUN/export and gives the PyTorch records."""
+        exported = invoke(taskzoo_host, ["export", "--model", trained_run, "--data", sample_paths["test"]])
+        assert exported.exit_code == 0, _explain(exported)
+        records = {}
+        for runtime in ("torch", "onnx"):
+            result = invoke(taskzoo_host, ["predict", "--model", trained_run, "--data", sample_paths["predict"],
+                                           "--device", "cpu", "--json", "--runtime", runtime])
+            assert result.exit_code == 0, _explain(result)
+            records[runtime] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert records["onnx"], "tasks predict --runtime onnx printed no records"
+        assert _same(records["torch"], records["onnx"]), (
+            f"--runtime onnx predicts {records['onnx'][:3]} where PyTorch predicts {records['torch'][:3]}")
+        assert json.loads((trained_run / "export" / "export.json").read_text(encoding="utf-8"))["good"]
 
     def test_predict_refuses_missing_input(self, taskzoo_host: PluginHost, trained_run: Path,
                                            sample_paths: dict[str, Path], tmp_path: Path) -> None:

@@ -140,3 +140,81 @@ class TransformersDetector(torch.nn.Module):
             order = found["scores"].argsort(descending=True)[:MAX_DETECTIONS]
             kept.append({"boxes": found["boxes"][order], "scores": found["scores"][order], "labels": found["labels"][order]})
         return {"loss": getattr(outputs, "loss", None), "output": kept}
+
+
+class _OneImage(torch.nn.Module):
+    """A torchvision detector as an ONNX graph: one float image (3 x H x W, 0..1) in; boxes in the
+    image's pixels, scores and 1-based labels out. Resizing, normalisation, NMS and the score floor
+    are inside the graph, as torchvision's own exports do; torchvision's detectors export one image
+    per call, so the batch is a loop over calls."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        found = self.network([image])[0]
+        return found["boxes"], found["scores"], found["labels"]
+
+
+class _DetectionLogits(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.model(**dict(zip(self.names, tensors)))
+        return outputs.logits, outputs.pred_boxes
+
+
+def export_graph(model: torch.nn.Module, preprocessing: dict[str, Any]) -> Any:
+    """The ONNX `Graph` of either detector family; the transformers family's post-processing (its
+    image processor's ``post_process_object_detection``, the score floor and the top 100) is applied
+    to the graph's logits and boxes exactly as to the PyTorch model's."""
+    from types import SimpleNamespace
+
+    from taskzoo.export import Graph
+
+    if isinstance(model, TorchvisionDetector):
+        def feeds(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+            return [{"image": image.float().cpu().numpy()} for image in batch["images"]]
+
+        def detections(batch: Mapping[str, Any], results: list[list[Any]]) -> list[dict[str, torch.Tensor]]:
+            return [{"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores),
+                     "labels": torch.from_numpy(labels) - 1} for boxes, scores, labels in results]
+
+        return Graph(network=_OneImage(model.network), input_names=("image",), output_names=("boxes", "scores", "labels"),
+                     dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "found"}, "scores": {0: "found"},
+                                   "labels": {0: "found"}},
+                     feeds=feeds, output=detections, tracing=True,
+                     preprocessing={**preprocessing, "image": "one RGB image per call, 3 x H x W float32 in 0..1 "
+                                    "(resizing and normalisation are in the graph)",
+                                    "output": "boxes x1 y1 x2 y2 in the image's pixels, scores, labels counted from 1 "
+                                              "(label - 1 indexes labels.json)"})
+    names = ("pixel_values", "pixel_mask")
+
+    def transformer_feeds(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+        feeds = {"pixel_values": batch["pixel_values"].float().cpu().numpy()}
+        mask = batch.get("pixel_mask")
+        feeds["pixel_mask"] = (mask if mask is not None else torch.ones_like(batch["pixel_values"][:, 0])).long().cpu().numpy()
+        return [feeds]
+
+    def post_processed(batch: Mapping[str, Any], results: list[list[Any]]) -> list[dict[str, torch.Tensor]]:
+        logits, boxes = results[0]
+        outputs = SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes))
+        found = model.processor.post_process_object_detection(outputs, threshold=EVAL_SCORE_FLOOR,
+                                                              target_sizes=batch["sizes"].tolist())
+        kept = []
+        for one in found:
+            order = one["scores"].argsort(descending=True)[:MAX_DETECTIONS]
+            kept.append({"boxes": one["boxes"][order], "scores": one["scores"][order], "labels": one["labels"][order]})
+        return kept
+
+    sides = {0: "batch", 2: "height", 3: "width"}
+    return Graph(network=_DetectionLogits(model.model, names), input_names=names, output_names=("logits", "pred_boxes"),
+                 dynamic_axes={"pixel_values": sides, "pixel_mask": {0: "batch", 1: "height", 2: "width"},
+                               "logits": {0: "batch"}, "pred_boxes": {0: "batch"}},
+                 feeds=transformer_feeds, output=post_processed, files=model.processor.save_pretrained,
+                 preprocessing={**preprocessing, "image": "the image processor saved beside the graph",
+                                "output": "logits and normalised boxes; post-process with the image processor's "
+                                          "post_process_object_detection"})

@@ -23,6 +23,7 @@ from taskzoo_detection.models import (
     ARCHITECTURES,
     TorchvisionDetector,
     TransformersDetector,
+    export_graph,
     freeze_stem,
     timm_body,
     torchvision_detector,
@@ -307,6 +308,16 @@ class DetectionTask(Task):
                                        self._config["image_size"])
         load_model(network, str(folder / "model.safetensors"))
         return self._remember(TorchvisionDetector(network))
+
+    def export_graph(self, model: torch.nn.Module) -> Any:
+        return export_graph(model, {"categories": self._config["categories"],
+                                    "category_ids": self._config["category_ids"],
+                                    "image_size": self._config.get("image_size")})
+
+    def answer(self, prediction: Mapping[str, Any]) -> Any:
+        # The same objects found: labels, and boxes to the pixel, of what scores at least 0.5.
+        return [(label, [round(v) for v in box]) for box, score, label in
+                zip(prediction["boxes"], prediction["scores"], prediction["labels"]) if score >= 0.5]
 
     # -- outputs ---------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
-from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
+from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, classifier_graph, load_classifier, save_classifier, token_limit
 from taskzoo.helpers.plots import plot_confusion_matrix, save_figure
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
@@ -215,6 +215,12 @@ class NerTask(Task):
 
         self.tokenizer, model, self._labels = load_classifier(AutoModelForTokenClassification, folder)
         return model
+
+    def export_graph(self, model: torch.nn.Module) -> Any:
+        return classifier_graph(model, self.tokenizer)
+
+    def answer(self, prediction: Mapping[str, Any]) -> Any:
+        return prediction["sentence"], prediction["start"], prediction["tags"]
 
     # -- outputs ---------------------------------------------------------------------------------
 

@@ -109,21 +109,76 @@ class FactorModel(torch.nn.Module):
             return {"loss": -torch.nn.functional.logsigmoid(margin).mean(), "output": margin}
         k = int(batch["top_k"])
         if "query_items" in batch:
-            normed = torch.nn.functional.normalize(self.item_factors, dim=-1)
-            similarity = normed[batch["query_items"]] @ normed.T
-            similarity[torch.arange(len(batch["query_items"]), device=similarity.device), batch["query_items"]] = float("-inf")
-            return {"loss": None, "output": top_k(similarity, k)}
+            return {"loss": None, "output": most_similar(self.similarity(batch["query_items"]), batch["query_items"], k)}
         users = batch["users"]
         vectors = self.user_factors[users.clamp(min=0)]
         if vectors.device.type == "cpu":
             best = _cpu_top_k(vectors, self.item_factors, k, batch, self.threads)
         else:
             best = top_k(_mask_seen(vectors @ self.item_factors.T, batch), k)
-        unknown = users < 0  # served the most popular items (predict --popular-fallback)
-        if unknown.any():
-            popular = top_k(self.popularity[None].to(best["scores"].device), k)
-            best["ids"][unknown], best["scores"][unknown] = popular["ids"], popular["scores"].to(best["scores"].dtype)
-        return {"loss": None, "output": best}
+        return {"loss": None, "output": popular_for_unknown(best, users, self.popularity, k)}
+
+    def similarity(self, query_items: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each query item's factors to every item's."""
+        normed = torch.nn.functional.normalize(self.item_factors, dim=-1)
+        return normed[query_items] @ normed.T
+
+
+def most_similar(similarity: torch.Tensor, query_items: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """The ``k`` items most similar to each query item, the item itself left out."""
+    similarity[torch.arange(len(query_items), device=similarity.device), query_items] = float("-inf")
+    return top_k(similarity, k)
+
+
+def popular_for_unknown(best: dict[str, torch.Tensor], users: torch.Tensor, popularity: torch.Tensor,
+                        k: int) -> dict[str, torch.Tensor]:
+    """Unknown users (index -1) get the most popular items (predict --popular-fallback)."""
+    unknown = users < 0
+    if unknown.any():
+        popular = top_k(popularity[None].to(best["scores"].device), k)
+        best["ids"][unknown], best["scores"][unknown] = popular["ids"], popular["scores"].to(best["scores"].dtype)
+    return best
+
+
+class _FactorScores(torch.nn.Module):
+    """A factor model as an ONNX graph: every item's score for each user, and each query item's
+    similarity to every item. Seen items, the top k and the popular fallback are applied to these
+    outputs by the same functions as in `FactorModel.forward`."""
+
+    def __init__(self, model: FactorModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor, query_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.model.user_factors[users.clamp(min=0)] @ self.model.item_factors.T
+        return scores, self.model.similarity(query_items)
+
+
+def export_graph(model: torch.nn.Module, backbone: str, preprocessing: dict[str, Any]) -> Any:
+    from taskzoo.export import Graph
+
+    if not isinstance(model, FactorModel):
+        raise UserError(f"backbone '{backbone}' (item-item kNN) has no ONNX export: its scores come from a sparse "
+                        "similarity matrix; use --runtime torch, or train a factor backbone (als, bpr, lmf)")
+    empty = np.zeros(0, dtype=np.int64)
+
+    def feeds(batch: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
+        return [{"users": batch["users"].cpu().numpy() if "users" in batch else empty,
+                 "query_items": batch["query_items"].cpu().numpy() if "query_items" in batch else empty}]
+
+    def ranked(batch: Mapping[str, Any], results: list[list[np.ndarray]]) -> dict[str, torch.Tensor]:
+        scores, similarity = (torch.from_numpy(array) for array in results[0])
+        k = int(batch["top_k"])
+        if "query_items" in batch:
+            return most_similar(similarity, batch["query_items"], k)
+        return popular_for_unknown(top_k(_mask_seen(scores, batch), k), batch["users"], model.popularity, k)
+
+    return Graph(network=_FactorScores(model), input_names=("users", "query_items"), output_names=("scores", "similarity"),
+                 dynamic_axes={"users": {0: "users"}, "query_items": {0: "queries"}, "scores": {0: "users"},
+                               "similarity": {0: "queries"}},
+                 feeds=feeds, output=ranked,
+                 preprocessing={**preprocessing, "output": "scores: users x items (mask the user's seen items, "
+                                "then take the top k); similarity: query items x items (cosine)"})
 
 
 class NeighbourModel(torch.nn.Module):

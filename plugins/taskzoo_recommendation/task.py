@@ -395,6 +395,22 @@ class RecommendationTask(Task):
             model.popularity = torch.as_tensor(stored["popularity"])
         return model
 
+    def export_graph(self, model: torch.nn.Module) -> Any:
+        from taskzoo_recommendation.models import export_graph
+
+        def id_maps(folder: Path) -> None:
+            self.users.save(folder / "users.json")
+            self.items.save(folder / "items.json")
+
+        graph = export_graph(model, self.backbone, {
+            "users": "users.json beside the graph: user ids in row order (an unknown user: -1, served the most "
+                     "popular items)", "items": "items.json beside the graph: item ids in column order"})
+        graph.files = id_maps
+        return graph
+
+    def answer(self, prediction: Mapping[str, Any]) -> Any:
+        return prediction["items"]
+
     @property
     def _popularity_values(self) -> torch.Tensor:
         matrix = self._fit_matrix if self._fit_matrix is not None else self._seen

@@ -215,6 +215,22 @@ class SegmentationTask(Task):
         load_model(network, str(folder / "model.safetensors"))
         return Segmenter(network, "ce", self._classes.ignore_index)
 
+    def export_graph(self, model: torch.nn.Module) -> Any:
+        from taskzoo.export import Graph
+
+        # The network takes any side its encoder's stride divides, as it trained on image_size.
+        sides = {0: "batch", 2: "height", 3: "width"}
+        return Graph(network=model.network, input_names=("image",), output_names=("logits",),
+                     dynamic_axes={"image": sides, "logits": sides},
+                     preprocessing={"image": "RGB, resized to image_size x image_size (bilinear, antialiased), "
+                                             "scaled to 0..1, then (x - mean) / std per channel, NCHW float32",
+                                    "image_size": self.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                                    "output": "class logits per pixel; argmax over axis 1, resized back to the image",
+                                    "classes": self._classes.names, "colours": [list(c) for c in self._classes.colours]})
+
+    def answer(self, prediction: Mapping[str, Any]) -> Any:
+        return prediction.get("confusion", prediction.get("index"))
+
     # -- outputs ---------------------------------------------------------------------------------
 
     def records(self, data: SegmentationData, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
-from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, load_classifier, save_classifier, token_limit
+from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, classifier_graph, load_classifier, save_classifier, token_limit
 from taskzoo.helpers.plots import plot_confusion_matrix
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
@@ -129,6 +129,9 @@ class SentimentTask(Task):
 
         self.tokenizer, model, self._labels = load_classifier(AutoModelForSequenceClassification, folder)
         return model
+
+    def export_graph(self, model: torch.nn.Module) -> Any:
+        return classifier_graph(model, self.tokenizer)
 
     # -- outputs ---------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ __all__ = [
     "TOKEN_FIELDS",
     "TransformersAdapter",
     "build_classifier",
+    "classifier_graph",
     "load_classifier",
     "load_pretrained",
     "quiet_transformers",
@@ -117,3 +118,43 @@ def load_classifier(auto_class: Any, folder: Path) -> tuple[Any, TransformersAda
     network = auto_class.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     labels = [network.config.id2label[i] for i in range(len(network.config.id2label))]
     return tokenizer, TransformersAdapter(network), labels
+
+
+class _Logits(torch.nn.Module):
+    """The network with tensors in and logits out, as an ONNX graph takes them."""
+
+    def __init__(self, network: torch.nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.network, self.names = network, tuple(names)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.network(**dict(zip(self.names, tensors))).logits
+
+
+def classifier_graph(model: TransformersAdapter, tokenizer: Any) -> Any:
+    """The ONNX export of a sequence or token classifier: the tokenizer's inputs (batch and
+    sequence length dynamic) to logits, with the tokenizer saved beside the graph."""
+    from taskzoo.export import Graph
+
+    config = model.network.config
+    # Traced with eager attention: the graph ONNX Runtime's transformer optimizer recognises and fuses
+    # (its Attention and EmbedLayerNormalization kernels); torch.export's graph of SDPA attention
+    # gets no attention fusion. Same weights, same numbers.
+    if hasattr(model.network, "set_attn_implementation"):
+        try:
+            model.network.set_attn_implementation("eager")
+        except (ValueError, ImportError):  # an architecture with one attention implementation only
+            pass
+    names = tuple(name for name in TOKEN_FIELDS if name in tokenizer.model_input_names)
+    logits_axes = {0: "batch", 1: "sequence"} if "TokenClassification" in type(model.network).__name__ else {0: "batch"}
+    return Graph(
+        network=_Logits(model.network, names), input_names=names, output_names=("logits",),
+        dynamic_axes={**{name: {0: "batch", 1: "sequence"} for name in names}, "logits": logits_axes},
+        files=tokenizer.save_pretrained,
+        preprocessing={"tokenizer": "the tokenizer files beside the graph (transformers AutoTokenizer)",
+                       "max_length": tokenizer.model_max_length, "truncation": True, "padding": "longest in batch",
+                       "inputs": list(names)},
+        transformer={"model_type": config.model_type, "num_heads": getattr(config, "num_attention_heads", 0),
+                     "hidden_size": getattr(config, "hidden_size", 0)},
+        tracing=True,
+    )

@@ -162,6 +162,13 @@ class ImageClassTask(Task):
         load_model(model, str(folder / "model.safetensors"))
         return model
 
+    def export_graph(self, model: torch.nn.Module) -> Any:
+        """``tasks export``: the network from the normalised image to the logits; the core does the rest."""
+        from taskzoo.export import Graph
+
+        return Graph(network=torch.nn.Sequential(model.body, model.head), input_names=("image",),
+                     preprocessing={"image_size": self.options["image_size"], "mean": "ImageNet", "std": "ImageNet"})
+
     # -- outputs ---------------------------------------------------------------------------------
 
     def write_predictions(self, data: ImageSet, predictions: list[dict[str, Any]], output: Path | None) -> str:
