@@ -9,8 +9,8 @@ over ``--repeats``. Beside the speed, the quality of each arm on the task's labe
 (``tasks evaluate --runtime ...``): accuracy, entity F1, mean IoU. The CPU and its instruction sets
 are printed with the figures::
 
-    python benchmarks/export_predict.py                          # all three tasks, 3 repeats
-    python benchmarks/export_predict.py --tasks sentiment --repeats 5 --json
+    python benchmarks/export_predict.py                          # all three tasks, batch 1 and 32, 3 repeats
+    python benchmarks/export_predict.py --tasks sentiment --batch-sizes 1 8 32 --repeats 5 --json
     python benchmarks/export_predict.py --workdir /tmp/export-bench   # keeps the trained runs for the next call
 
 A single arm (one JSON line): ``--arm torch|onnx --run RUN --data FILE --output OUT``.
@@ -67,7 +67,7 @@ def predict_input(task: str, folder: Path, size: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if task == "sentiment":
         with (EXAMPLES / "sentiment" / "test.csv").open(encoding="utf-8") as stream:
-            texts = [row["text"] for row in csv.DictReader(stream)]
+            texts = [row[0] for row in list(csv.reader(stream))[1:]]  # the first column: the review
         path = folder / "sentiment.csv"
         with path.open("w", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream)
@@ -162,8 +162,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--size", type=int, default=0, help="inputs predicted (default: 2000 texts, 120 images)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32],
+                        help="each arm predicts at each of these batch sizes (1: a server's single requests)")
+    parser.add_argument("--batch-size", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=0, help="inputs predicted (default: 800 texts, 96 images)")
     parser.add_argument("--workdir", type=Path, help="keep the trained runs and exports here for the next call")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--arm", choices=("torch", "onnx"), help=argparse.SUPPRESS)
@@ -181,28 +183,32 @@ def main() -> None:
     results: dict[str, Any] = {}
     for task in opts.tasks:
         runs = prepare_runs(task, workdir, notes)
-        size = opts.size or (120 if task == "segmentation" else 2000)
+        size = opts.size or (96 if task == "segmentation" else 800)
         data = predict_input(task, workdir / "inputs", size)
         scratch = Path(tempfile.mkdtemp(prefix=f"{task}-", dir=workdir))
-        speeds: dict[str, list[float]] = {name: [] for name in ARMS}
-        for repeat in range(opts.repeats):
-            order = ARMS if repeat % 2 == 0 else tuple(reversed(ARMS))
-            for name in order:
-                speeds[name].append(run_arm(name, runs[name], opts, task, data, scratch)["per_second"])
         quality = {name: run_arm(name, runs[name], opts, task, data, scratch, evaluate=TASKS[task]["test"])["metrics"]
                    for name in ARMS}
-        results[task] = {name: {"per_second": statistics.median(speeds[name]), "repeats": speeds[name],
-                                "metrics": quality[name]} for name in ARMS}
+        results[task] = {"quality": quality, "speed": {}}
+        for batch_size in opts.batch_sizes:
+            opts.batch_size = batch_size
+            speeds: dict[str, list[float]] = {name: [] for name in ARMS}
+            for repeat in range(opts.repeats):
+                order = ARMS if repeat % 2 == 0 else tuple(reversed(ARMS))
+                for name in order:
+                    speeds[name].append(run_arm(name, runs[name], opts, task, data, scratch)["per_second"])
+            results[task]["speed"][batch_size] = {name: {"per_second": statistics.median(speeds[name]),
+                                                         "repeats": speeds[name]} for name in ARMS}
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"CPU: {cpu_description()}; {opts.threads} threads, batch {opts.batch_size}, medians of {opts.repeats} repeats")
-    for task, arms in results.items():
+    print(f"CPU: {cpu_description()}; {opts.threads} threads, medians of {opts.repeats} repeats")
+    for task, figures in results.items():
         metric = TASKS[task]["metric"]
-        base = arms["pytorch"]["per_second"]
         unit = "images/s" if task == "segmentation" else "inputs/s"
-        print(f"{task}:")
-        for name, figures in arms.items():
-            print(f"  {name:10} {figures['per_second']:8.1f} {unit}  {figures['per_second'] / base:5.2f}x   "
-                  f"test {metric} {figures['metrics'].get(metric, float('nan')):.4f}")
+        print(f"{task}: test {metric} " + ", ".join(f"{name} {figures['quality'][name].get(metric, float('nan')):.4f}"
+                                                   for name in ARMS))
+        for batch_size, arms in figures["speed"].items():
+            base = arms["pytorch"]["per_second"]
+            print(f"  batch {batch_size:3}: " + "   ".join(
+                f"{name} {arm['per_second']:7.1f} {unit} ({arm['per_second'] / base:.2f}x)" for name, arm in arms.items()))
     for note in notes:
         print(f"  export check: {note}")
     if opts.json:

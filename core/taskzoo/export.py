@@ -370,6 +370,10 @@ def export(loaded: Loaded, *, output: Path | None = None, data: Path | None = No
     try:
         fused = _fuse(graph, path)
         if quantize == "int8":
+            if graph.transformer is None:
+                notify("warning", "--quantize int8 on a network without a transformer encoder: ONNX Runtime's dynamic "
+                                  "int8 convolutions run slower than fp32 on CPUs (benchmarks/README.md); the fp32 "
+                                  "export is the faster one there")
             _quantize(path)
         onnx.checker.check_model(str(path))
         if graph.files is not None:
@@ -416,8 +420,9 @@ def export(loaded: Loaded, *, output: Path | None = None, data: Path | None = No
     if not good:
         raise ParityError(
             f"{target}: the export scores {main} {_number(after)} where the PyTorch model scores {_number(before)} "
-            f"on {described} (difference {_number(drift)}, tolerance {tolerance:g}); the export is kept but not "
-            "marked good")
+            f"on {described}, {parity['examples']} examples (difference {_number(drift)}, tolerance {tolerance:g}); "
+            f"the export is kept but not marked good; check it on more labelled data (--data) or allow "
+            "the drift with --tolerance")
     return Export(target, record)
 
 
