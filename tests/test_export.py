@@ -153,6 +153,16 @@ def test_an_export_that_scores_otherwise_fails_and_is_never_used(toy_run, runner
     assert json.loads((toy_run / "export" / "export.json").read_text())["good"]
 
 
+def test_cuda_without_a_cuda_onnxruntime_is_one_line(toy_run, runner):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    result = runner.invoke(cli, ["predict", "--model", str(toy_run), "--data", str(toy_run.parent / "points.csv"),
+                                 "--runtime", "onnx", "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA provider; install onnxruntime-gpu" in result.output, result.output
+
+
 @pytest.mark.parametrize("arguments, expected", [
     (["--opset", "5"], "--opset: expected at least 14, got 5"),
     (["--quantize", "int4"], "--quantize"),

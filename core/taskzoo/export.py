@@ -118,10 +118,17 @@ def session(path: Path, *, device: str = "cpu", threads: int | None = None) -> A
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or torch.get_num_threads()
-    providers = ["CPUExecutionProvider"]
-    if device != "cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    return onnxruntime.InferenceSession(str(path), options, providers=providers(device))
+
+
+def providers(device: str) -> list[str]:
+    """ONNX Runtime's execution providers for ``--device``: CUDA first where it is asked for or
+    ``auto`` and onnxruntime-gpu is installed; ``cuda`` without it is a `UserError`."""
+    cuda = "CUDAExecutionProvider" in _quiet_onnxruntime().get_available_providers()
+    if device == "cuda" and not cuda:
+        raise UserError("--device cuda --runtime onnx: this onnxruntime has no CUDA provider; install onnxruntime-gpu "
+                        "in its place, or use --device cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device != "cpu" and cuda else ["CPUExecutionProvider"]
 
 
 class OnnxModel:
@@ -251,14 +258,16 @@ def parity_data(loaded: Loaded, data: Path | None, notify: Notify) -> tuple[Any,
     task, labels, config = loaded.task, loaded.task.labels_of_model, loaded.config
     if data is not None:
         return read_checked(task, Path(data), "test", notify, labels=labels), str(data)
-    source = config.get("val") or config.get("data")
+    # Absolute as the run resolved them, so an export works from any folder; as typed for messages.
+    paths = {**{k: config[k] for k in ("data", "val") if config.get(k)}, **(config.get("resolved") or {}).get("paths", {})}
+    source = paths.get("val") or paths.get("data")
     if not source or not Path(source).exists():
         raise UserError(f"the run's validation data ({source}) is not there any more; give labelled data with --data")
-    if config.get("val"):
-        return read_checked(task, Path(config["val"]), "val", notify, labels=labels), str(config["val"])
+    if paths.get("val"):
+        return read_checked(task, Path(paths["val"]), "val", notify, labels=labels), str(config["val"])
     # A task of its own for the split: splitting may set state (seen items) that the loaded model's task keeps.
     splitter = make_task(loaded.spec, loaded.run_options)
-    train = splitter.read(Path(config["data"]), role="train")
+    train = splitter.read(Path(paths["data"]), role="train")
     _, val = splitter.split(train, val_fraction=float(config["val_fraction"]), seed=int(config["seed"]))
     return val, f"the run's validation split of {config['data']}"
 
@@ -433,6 +442,7 @@ def _number(value: Any) -> str:
 def onnx_model(loaded: Loaded, *, device: str, notify: Notify) -> OnnxModel:
     """The run's export (``RUN/export``) as a model, exporting first (with the defaults) when there
     is none; an export that failed its parity check is refused."""
+    providers(device)  # a device ONNX Runtime cannot use stops before any export work
     folder = export_folder(loaded.folder)
     record = read_record(folder)
     if record is None:
