@@ -341,6 +341,18 @@ def common_child_args(opts: argparse.Namespace) -> list[str]:
 # -- the parent: run both arms, summarise ---------------------------------------------------------
 
 
+def child_json(command: list[str], what: str) -> dict[str, Any]:
+    """Run one arm's subprocess offline and return the JSON of its last stdout line; its stderr goes
+    to a file, not a pipe (progress bars would fill a pipe), and is shown if the arm fails."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryFile() as errors:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        if done.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"{what} failed: {errors.read().decode()[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _run_child(opts: argparse.Namespace, command: list[str], arm: str) -> dict[str, Any]:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("HF_HUB_OFFLINE", "1")

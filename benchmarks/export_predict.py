@@ -23,14 +23,16 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+ROOT = _common.ROOT
 EXAMPLES = ROOT / "examples"
 ARMS = ("pytorch", "onnx-fp32", "onnx-int8")
 
@@ -148,13 +150,7 @@ def run_arm(name: str, run: Path, opts: argparse.Namespace, task: str, data: Pat
                "--threads", str(opts.threads), "--batch-size", str(opts.batch_size)]
     if evaluate is not None:
         command += ["--evaluate", str(evaluate)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    with tempfile.TemporaryFile() as errors:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
-        if done.returncode != 0:
-            errors.seek(0)
-            raise SystemExit(f"{task} {name} failed: {errors.read().decode()[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _common.child_json(command, f"{task} {name}")
 
 
 def main() -> None:

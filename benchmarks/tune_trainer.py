@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -131,13 +129,7 @@ def hf_arm(opts: argparse.Namespace) -> dict[str, Any]:
 def run_child(opts: argparse.Namespace, arm: str, seed: int) -> dict[str, Any]:
     command = [sys.executable, __file__, "--arm", arm, "--trials", str(opts.trials), "--seed", str(seed),
                "--max-length", str(opts.max_length), "--data", str(opts.data), "--threads", str(opts.threads)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: progress bars would fill a pipe
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
-        if done.returncode != 0:
-            errors.seek(0)
-            raise SystemExit(f"the {arm} arm failed: {errors.read().decode()[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _common.child_json(command, f"the {arm} arm")
 
 
 def main() -> None:

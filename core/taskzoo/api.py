@@ -129,10 +129,12 @@ class Run:
             loaded = self._load("evaluate", given)
             return pipeline.evaluate(self.folder, Path(data), given, _warn, loaded=loaded).metrics
 
-    def export(self, output: PathArg | None = None, *, data: PathArg | None = None, opset: int = 18,
-               quantize: str = "none", tolerance: float | None = None, batch_size: int | None = None) -> dict[str, Any]:
-        """Export the run to ONNX as ``tasks export`` does (into ``output``, default ``RUN/export``)
-        and check it on ``data`` (default: the run's validation data); returns its ``export.json``
+    def export(self, output: PathArg | None = None, *, data: PathArg | None = None, opset: int | None = None,
+               quantize: str | None = None, tolerance: float | None = None,
+               batch_size: int | None = None) -> dict[str, Any]:
+        """Export the run to ONNX as ``tasks export`` does (into ``output``, default ``RUN/export``;
+        ``opset`` and ``quantize`` default as there: 18, ``"none"``) and check it on ``data`` (default:
+        the run's validation data); returns its ``export.json``
         with ``folder`` added. A main metric that drifts beyond ``tolerance`` raises
         `taskzoo.ParityError` (the export stays, marked ``good: false``)."""
         from taskzoo import pipeline
@@ -210,8 +212,7 @@ def load(folder: PathArg, *, progress: bool = True, runtime: str = "torch") -> R
     ``runtime="onnx"`` through its ONNX export (exported first when it has none)."""
     if not isinstance(folder, (str, PathLike)):
         raise UserError(f"folder: expected the path of a run folder, got {type(folder).__name__}")
-    if runtime not in ("torch", "onnx"):
-        raise UserError(f"runtime: expected one of torch, onnx, got {runtime!r}")
+    runtime = schema.coerce(next(o for o in schema.SHARED_OPTIONS if o.key == "runtime"), runtime)
     return Run(folder, progress=progress, runtime=runtime)
 
 

@@ -349,8 +349,6 @@ def export(loaded: Loaded, *, output: Path | None = None, data: Path | None = No
     from taskzoo.version import __version__
 
     notify = notify or _quiet
-    if quantize not in QUANTIZE:
-        raise UserError(f"--quantize: expected one of {', '.join(QUANTIZE)}, got {quantize!r}")
     tolerance = DEFAULT_TOLERANCE[quantize] if tolerance is None else float(tolerance)
     run = Path(loaded.folder)
     target = Path(output) if output is not None else export_folder(run)

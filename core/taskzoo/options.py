@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo.errors import UserError
+from taskzoo.export import DEFAULT_OPSET, QUANTIZE
 from taskzoo.specs import Option, TaskSpec
 from taskzoo.tracking import TRACKERS
 
@@ -109,10 +110,10 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("no-prune", "Run every trial to its last epoch (by default a trial whose main metric lags the median "
            "of earlier trials at the same epoch stops there).", type=bool, default=False, commands=_TUNE),
     # -- an export (tasks export)
-    Option("opset", "ONNX opset of the exported graph.", type=int, default=18, minimum=14, maximum=23,
+    Option("opset", "ONNX opset of the exported graph.", type=int, default=DEFAULT_OPSET, minimum=14, maximum=23,
            commands=_EXPORT),
     Option("quantize", "none: fp32 weights; int8: dynamic int8 quantisation of the weights (for CPUs).",
-           default="none", choices=("none", "int8"), commands=_EXPORT),
+           default="none", choices=QUANTIZE, commands=_EXPORT),
     Option("tolerance", "Largest drop or gain of the main metric the export may show against the PyTorch model "
            "(default 0.001, with --quantize int8 0.01).", type=float, minimum=0, commands=_EXPORT),
 )

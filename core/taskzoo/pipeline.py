@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +399,7 @@ class Loaded:
     folder: Path = Path()
     batch_size: int = 0
     runtime: str = "torch"
+    values: dict[str, Any] = field(default_factory=dict)  # the last call's options, resolved
 
 
 def load(folder: Path, command: str, given: Mapping[str, Any], notify: Notify | None = None) -> Loaded:
@@ -436,6 +437,7 @@ def use_options(loaded: Loaded, command: str, given: Mapping[str, Any]) -> None:
 
 def _apply(loaded: Loaded, values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
     """The task's own options over what the run remembers, and the batch size (default twice the run's)."""
+    loaded.values = dict(values)
     options = dict(loaded.run_options)
     options.update({k: values[k] for k in given if k in options and values.get(k) is not None})
     loaded.task.options = options
@@ -508,13 +510,13 @@ def evaluate(folder: Path, data: Path, given: Mapping[str, Any], notify: Notify 
     return Evaluation(metrics, out_dir, pictures, task.size(test), task.size_unit)
 
 
-def export(folder: Path, given: Mapping[str, Any], notify: Notify = _quiet, loaded: Loaded | None = None) -> Any:
+def export(folder: Path, given: Mapping[str, Any], notify: Notify = _quiet) -> Any:
     """Export a finished run to ONNX and check it on labelled data (`taskzoo.export.export`);
     returns the `taskzoo.export.Export` (its folder and ``export.json`` record)."""
     from taskzoo import export as exporting
 
-    loaded = loaded or load(folder, "export", given, notify)
-    values = schema.resolve(loaded.spec, "export", [(schema.run_where(loaded.spec), given)])
+    loaded = load(folder, "export", given, notify)
+    values = loaded.values
     return exporting.export(loaded, output=values.get("output"), data=values.get("data"), opset=values["opset"],
                             quantize=values["quantize"], tolerance=values.get("tolerance"), notify=notify)
 
