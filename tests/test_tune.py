@@ -175,6 +175,36 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(toy, tmp_path, monkey
 # -- real studies --------------------------------------------------------------------------------
 
 
+
+def test_trials_share_the_data_the_search_read_and_checkpoint_no_optimizer(toy, tmp_path, monkeypatch):
+    """Reading is done once when no searched option changes it; a trial is started again, never
+    resumed, after a crash, so its checkpoints skip the optimizer state a plain run keeps."""
+    from toy_plugin import ToyTask
+
+    reads = []
+    real_read = ToyTask.read
+
+    def read(self, path, **kwargs):
+        reads.append(path)
+        return real_read(self, path, **kwargs)
+
+    monkeypatch.setattr(ToyTask, "read", read)
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 0.01, high: 0.3, log: true}\n")
+    result = taskzoo.tune("toy", toy, trials=3, space=space, output=tmp_path / "t", progress=False, device="cpu",
+                          keep_checkpoint=True)
+    assert result.summary["finished"] == 3 and len(reads) == 1
+    for trial in result.summary["trials"]:
+        checkpoint = Path(trial["folder"]) / "checkpoint"
+        assert (checkpoint / "model.safetensors").exists() and not (checkpoint / "optimizer.pt").exists()
+    taskzoo.train("toy", toy, output=tmp_path / "plain", progress=False, device="cpu", keep_checkpoint=True)
+    assert (tmp_path / "plain" / "checkpoint" / "optimizer.pt").exists()
+    # A searched option of the task's own may change what is read: then each trial reads for itself.
+    space.write_text("flavour: [sweet, sour]\nlr: [0.1]\n")
+    reads.clear()
+    taskzoo.tune("toy", toy, trials=2, space=space, output=tmp_path / "t2", progress=False, device="cpu")
+    assert len(reads) == 3
+
 @pytest.fixture(scope="module")
 def small_reviews(tmp_path_factory, review_rows):
     rows = review_rows[:60] + review_rows[-60:]  # both classes

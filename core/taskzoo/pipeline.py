@@ -125,8 +125,11 @@ class Prepared:
     accelerator: Any
 
 
+ReadData = tuple[Task, Any, Any, list[str]]
+
+
 def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
-              host: PluginHost | None = None) -> tuple[Task, Any, Any, list[str]]:
+              host: PluginHost | None = None) -> ReadData:
     """Steps 1-4: the task, its training data read and checked, the labels, and the validation data
     (``--val``, or the task's split). Returns (task, train, val, labels)."""
     if not values.get("data"):
@@ -142,10 +145,17 @@ def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet
     return task, train, val, labels
 
 
+def reading_inputs(spec: TaskSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """What `read_data` depends on: runs that agree here read the same task, data and split."""
+    return {**schema.task_options(spec, values),
+            **{name: values.get(name) for name in ("data", "val", "val_fraction", "seed")}}
+
+
 def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
-            start_from: Path | None = None) -> Prepared:
-    """Steps 1-5: `read_data`, then the backbone and the model built on it (or, ``start_from``,
-    the model a complete run saved, for an extension whose checkpoint kept no weights)."""
+            start_from: Path | None = None, data: ReadData | None = None) -> Prepared:
+    """Steps 1-5: `read_data` (or ``data`` it returned for the same `reading_inputs`), then the
+    backbone and the model built on it (or, ``start_from``, the model a complete run saved, for an
+    extension whose checkpoint kept no weights)."""
     from accelerate.utils import set_seed
 
     from taskzoo.trainer import make_accelerator
@@ -155,7 +165,7 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
     accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
     shown: Notify = notify if accelerator.is_main_process else _quiet
     host = get_host()
-    task, train, val, labels = read_data(spec, values, shown, host)
+    task, train, val, labels = data or read_data(spec, values, shown, host)
     backbone = resolve_backbone(host, spec.name, values.get("backbone"))
     set_seed(values["seed"])
     if start_from is None:
@@ -168,7 +178,7 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
 
 
 def make_trainer(prepared: Prepared, run_dir: Path, after_epoch: Callable[[int, float], bool] | None = None,
-                 trackers: Any = None) -> Any:
+                 trackers: Any = None, resumable: bool = True) -> Any:
     """The shared trainer for a prepared run (step 7 is its ``fit``)."""
     from taskzoo.trainer import Trainer, TrainingArgs
 
@@ -176,7 +186,7 @@ def make_trainer(prepared: Prepared, run_dir: Path, after_epoch: Callable[[int, 
         task=prepared.task, model=prepared.model, train_data=prepared.train, val_data=prepared.val,
         metrics=get_host().metrics(prepared.spec.name), main_metric=prepared.spec.main_metric,
         args=TrainingArgs.from_options(prepared.values), accelerator=prepared.accelerator, run_dir=run_dir,
-        after_epoch=after_epoch, trackers=trackers,
+        after_epoch=after_epoch, trackers=trackers, resumable=resumable,
     )
 
 
@@ -215,10 +225,13 @@ class TrainResult:
 
 
 def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = None,
-          notify: Notify = _quiet, after_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
+          notify: Notify = _quiet, after_epoch: Callable[[int, float], bool] | None = None,
+          data: ReadData | None = None, resumable: bool = True) -> TrainResult:
     """Fine-tune: steps 1-8 above. ``resume`` continues that run folder from its checkpoint, or
     extends a complete run to more epochs (its model stays usable until the extension completes).
-    ``after_epoch(epoch, main metric)`` ends training after that epoch when it returns true."""
+    ``after_epoch(epoch, main metric)`` ends training after that epoch when it returns true. A
+    search hands its trials ``data`` it read once (see `prepare`) and runs them not ``resumable``
+    (see `taskzoo.trainer.Trainer`)."""
     from accelerate.utils import broadcast_object_list
 
     from taskzoo import trainer as training
@@ -231,7 +244,7 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     if resume is None and values.get("output"):
         run_folders.check_output(Path(values["output"]), overwrite=values.get("overwrite", False))
     start_from = _resume_start(spec, resume, values, notify) if resume is not None else None
-    prepared = prepare(spec, values, notify, start_from)
+    prepared = prepare(spec, values, notify, start_from, data)
     accelerator, task = prepared.accelerator, prepared.task
     main_process = accelerator.is_main_process
     folder = [str(resume or prepared.values.get("output") or run_folders.default_run_dir(spec.name))]
@@ -250,7 +263,7 @@ def train(spec: TaskSpec, values: Mapping[str, Any], *, resume: Path | None = No
     trackers = tracking.Trackers(tracking.wanted(prepared.values), run_dir, spec.name, main_process)
     trackers.configure(config)
     try:
-        summary = make_trainer(prepared, run_dir, after_epoch, trackers).fit(resume=from_checkpoint, extend=extending)
+        summary = make_trainer(prepared, run_dir, after_epoch, trackers, resumable).fit(resume=from_checkpoint, extend=extending)
         if summary["best_epoch"] is None:
             raise UserError(f"--epochs {prepared.values['epochs']}: no epoch finished, so there is no model to keep; "
                             f"train at least one epoch")

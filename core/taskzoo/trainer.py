@@ -308,11 +308,15 @@ class Trainer:
         run_dir: Path,
         after_epoch: Callable[[int, float], bool] | None = None,
         trackers: Any = None,
+        resumable: bool = True,
     ) -> None:
         """``after_epoch(epoch, main metric)`` is told each scored epoch; when it returns true,
         training ends there as if stopped early (a search's pruner stops hopeless trials so).
-        ``trackers`` (`taskzoo.tracking.Trackers`) get every logged step and epoch."""
+        ``trackers`` (`taskzoo.tracking.Trackers`) get every logged step and epoch. A run that is
+        not ``resumable`` mid-way (a search's trial: a crash starts it again) checkpoints without
+        the optimizer state, twice the weights' size, which only a resume would read."""
         self.task = task
+        self.resumable = resumable
         self.trackers = trackers
         self.after_epoch = after_epoch
         self._halted = False
@@ -385,8 +389,9 @@ class Trainer:
                 _link(partial / WEIGHTS, partial / BEST_WEIGHTS)
             elif (folder / BEST_WEIGHTS).exists():
                 _link(folder / BEST_WEIGHTS, partial / BEST_WEIGHTS)
-            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
+            if self.resumable:
+                torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
             torch.save({"torch": random_states[0], "processes": random_states}, partial / RANDOM_STATE)
             state = {**self.state, "python_rng": _jsonable_random_state()}
             (partial / TRAINER_STATE).write_text(json.dumps(state), encoding="utf-8")

@@ -270,10 +270,10 @@ def tune(spec: TaskSpec, given: Mapping[str, Any], notify: Notify = _quiet) -> T
     base = pipeline.run_values(spec, run_given, config=config)
     timeout = parse_duration(own["timeout"]) if own.get("timeout") else None
     folder = Path(own.get("output") or default_tune_dir(spec.name))
-    pipeline.read_data(spec, base, notify)  # bad data stops here, once, not in every trial
+    data = pipeline.read_data(spec, base, notify)  # bad data stops here, once; trials that read alike share it
     _start_folder(folder, spec, base, own, space)
     study = _open_study(spec, own, folder)
-    search = _Search(spec, study, space, base, run_given, folder, own, timeout, notify)
+    search = _Search(spec, study, space, base, run_given, folder, own, timeout, notify, data)
     try:
         search.run()
     except KeyboardInterrupt as error:
@@ -343,11 +343,13 @@ class _Search:
 
     def __init__(self, spec: TaskSpec, study: Any, space: list[SearchParam], base: dict[str, Any],
                  run_given: Mapping[str, Any], folder: Path, own: Mapping[str, Any], timeout: float | None,
-                 notify: Notify) -> None:
+                 notify: Notify, data: Any = None) -> None:
         import optuna
+        from taskzoo import pipeline
 
         self.spec, self.study, self.space, self.base, self.folder = spec, study, space, base, folder
         self.run_given, self.own, self.notify = dict(run_given), own, notify
+        self.data, self.data_read_for = data, pipeline.reading_inputs(spec, base)
         self.wanted = own["trials"]
         self._drawn = time.monotonic()
         self.deadline = time.monotonic() + timeout if timeout else None
@@ -427,7 +429,10 @@ class _Search:
         try:
             values = pipeline.run_values(self.spec, {**self.run_given, **params, "output": run_dir},
                                          config=Path(self.run_given["config"]) if self.run_given.get("config") else None)
-            result = pipeline.train(self.spec, values, notify=_warnings_only(self.notify), after_epoch=after_epoch)
+            # A trial that reads as the search did (image size, say, was not searched) trains on that data.
+            data = self.data if pipeline.reading_inputs(self.spec, values) == self.data_read_for else None
+            result = pipeline.train(self.spec, values, notify=_warnings_only(self.notify), after_epoch=after_epoch,
+                                    data=data, resumable=False)
         except KeyboardInterrupt:
             trial.set_user_attr("error", "interrupted")
             raise
