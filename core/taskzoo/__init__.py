@@ -11,7 +11,7 @@ Plugins import the records they declare from here too (`TaskSpec`, `BackboneSpec
 ``__all__`` are promised. This module stays cheap to import: no torch, no transformers.
 """
 
-from taskzoo.api import Run, Tune, backbones, check, load, runs, tasks, train, tune
+from taskzoo.api import Run, Tune, backbones, check, load, runs, serve, tasks, train, tune
 from taskzoo.errors import DataError, ParityError, RunInterrupted, UserError
 from taskzoo.hookspecs import hookimpl
 from taskzoo.specs import (BackboneSource, BackboneSpec, Finding, MetricSpec, Option, SampleData, SearchParam, TaskSpec,
@@ -26,6 +26,7 @@ __all__ = [
     "check",
     "load",
     "runs",
+    "serve",
     "tasks",
     "train",
     "tune",

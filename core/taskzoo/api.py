@@ -1,4 +1,4 @@
-"""taskzoo from Python: `train`, `tune`, `load`, `Run` (predict, evaluate, export), `check`, `tasks`, `backbones`.
+"""taskzoo from Python: `train`, `tune`, `load`, `Run` (predict, evaluate, export), `serve`, `check`, `tasks`, `backbones`.
 
 Every keyword argument is a ``tasks`` option under its underscored name, with the same default and
 the same checks (`taskzoo.options`); a wrong name or value raises `taskzoo.UserError` with the
@@ -214,6 +214,22 @@ def load(folder: PathArg, *, progress: bool = True, runtime: str = "torch") -> R
         raise UserError(f"folder: expected the path of a run folder, got {type(folder).__name__}")
     runtime = schema.coerce(next(o for o in schema.SHARED_OPTIONS if o.key == "runtime"), runtime)
     return Run(folder, progress=progress, runtime=runtime)
+
+
+def serve(run: PathArg | Run, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          runtime: str | None = None, device: str = "auto", batch_size: int | None = None,
+          max_inputs: int = 256, max_request_mb: float = 32.0) -> None:
+    """Serve a finished run as ``tasks serve --model RUN`` does, until stopped (Ctrl-C). To embed the
+    server in an ASGI application of your own, mount ``taskzoo.serving.create_app(RUN)``."""
+    from taskzoo import serving
+
+    folder = run.folder if isinstance(run, Run) else run
+    if not isinstance(folder, (str, PathLike)):
+        raise UserError(f"run: expected a run folder or a taskzoo.Run, got {type(run).__name__}")
+    runtime = runtime or (run.runtime if isinstance(run, Run) else "torch")
+    settings = serving.checked_settings(model=folder, runtime=runtime, device=device, batch_size=batch_size,
+                                        max_inputs=max_inputs, max_request_mb=max_request_mb)
+    serving.serve(settings, host=host, port=port, workers=workers)
 
 
 def runs(folder: PathArg | None = None, *, task: str | None = None, status: str | None = None,

@@ -464,6 +464,21 @@ def _export(**params: Any) -> None:
                + (f", largest output difference {difference:.2e}" if difference is not None else ""))
 
 
+def _serve(**params: Any) -> None:
+    from taskzoo import serving
+
+    given = given_values(params)
+    if given.get("model") is None:
+        raise click.UsageError("--model RUN is required")
+    address = {name: given.pop(name) for name in ("host", "port", "workers") if name in given}
+    settings = serving.checked_settings(**given)
+    host, port = address.get("host", serving.DEFAULT_HOST), address.get("port", serving.DEFAULT_PORT)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    serving.serve(settings, host=host, port=port, workers=address.get("workers", 1),
+                  started=lambda: click.echo(f"serving {settings.model} ({settings.runtime}) at http://{shown}:{port}/ "
+                                             f"(API docs at /docs); Ctrl-C stops", err=True))
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -481,6 +496,10 @@ cli.add_command(RunCommand("export", _export, help=(
     "Export a trained run (--model RUN) to ONNX in --output (default RUN/export) and check it: the export and "
     "the PyTorch model score the run's validation data (or --data), and a main metric that drifts beyond "
     "--tolerance fails the command (exit 1).")))
+
+cli.add_command(RunCommand("serve", _serve, help=(
+    "Serve a trained run (--model RUN) over HTTP: a page at / to try it, POST /predict for programs (JSON "
+    "inputs, or image and file uploads), /health, and the API's documentation at /docs.")))
 
 
 if __name__ == "__main__":  # pragma: no cover

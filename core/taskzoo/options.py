@@ -25,10 +25,11 @@ from taskzoo.export import DEFAULT_OPSET, QUANTIZE
 from taskzoo.specs import Option, TaskSpec
 from taskzoo.tracking import TRACKERS
 
-COMMANDS = ("run", "check", "evaluate", "predict", "export")
+COMMANDS = ("run", "check", "evaluate", "predict", "export", "serve")
 _RUN = ("run",)
-_LOAD = ("evaluate", "predict", "export")
+_LOAD = ("evaluate", "predict", "export", "serve")
 _EXPORT = ("export",)
+_SERVE = ("serve",)
 _TUNE = ("tune",)
 # ``tasks tune`` takes every run option (fixed for all trials, or searched) except these.
 _NOT_IN_TUNE = {"resume", "overwrite"}
@@ -37,7 +38,7 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     # -- inputs and outputs
     Option("data", "Data file or folder (run, check: training data; evaluate: labelled test data; predict: inputs; "
            "export: labelled data to check the export on, default the run's validation data).",
-           type=Path, commands=COMMANDS),
+           type=Path, commands=("run", "check", "evaluate", "predict", "export")),
     Option("val", "Validation data (default: a split of --data).", type=Path, commands=_RUN),
     Option("config", "YAML file of options; flags override it.", type=Path, commands=_RUN, remember=False),
     Option("resume", "Continue a run folder from its last checkpoint, or extend a complete run to more --epochs.",
@@ -52,12 +53,12 @@ SHARED_OPTIONS: tuple[Option, ...] = (
            commands=("run", "evaluate", "predict", "export")),
     Option("json", "Print the result as JSON (evaluate: the metrics; predict: the prediction records; export: "
            "export.json).", type=bool,
-           default=False, commands=_LOAD, remember=False),
+           default=False, commands=("evaluate", "predict", "export"), remember=False),
     # -- the training recipe
     Option("backbone", "Backbone name from 'tasks backbones TASK', a hub id or a local folder.", commands=_RUN),
     Option("epochs", "Training epochs.", type=int, default=3, minimum=0, commands=_RUN),
-    Option("batch-size", "Examples per batch per device (evaluate, predict, export: default twice the run's).",
-           type=int, default=16, minimum=1, commands=("run", "evaluate", "predict", "export")),
+    Option("batch-size", "Examples per batch per device (evaluate, predict, export, serve: default twice the run's).",
+           type=int, default=16, minimum=1, commands=("run", "evaluate", "predict", "export", "serve")),
     Option("lr", "Peak learning rate (AdamW).", type=float, default=5e-5, minimum=0, commands=_RUN),
     Option("weight-decay", "AdamW weight decay.", type=float, default=0.01, minimum=0, commands=_RUN),
     Option("warmup-ratio", "Share of steps spent warming up the learning rate.", type=float, default=0.1,
@@ -75,10 +76,10 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("seed", "Random seed for the head, data order and split.", type=int, default=42, minimum=0,
            commands=_RUN),
     Option("device", "Where to run.", default="auto", choices=("auto", "cpu", "cuda"),
-           commands=("run", "evaluate", "predict"), remember=False),
+           commands=("run", "evaluate", "predict", "serve"), remember=False),
     Option("runtime", "torch: the run's PyTorch model; onnx: its ONNX export through ONNX Runtime (RUN/export, "
            "exported first when there is none).", default="torch", choices=("torch", "onnx"),
-           commands=("evaluate", "predict"), remember=False),
+           commands=("evaluate", "predict", "serve"), remember=False),
     Option("mixed-precision", "auto: bf16 (or fp16) on CUDA, none on the CPU.", default="auto",
            choices=("auto", "no", "fp16", "bf16"), commands=_RUN),
     Option("log-every", "Log loss and throughput every N optimizer steps.", type=int, default=10, minimum=1,
@@ -116,6 +117,17 @@ SHARED_OPTIONS: tuple[Option, ...] = (
            default="none", choices=QUANTIZE, commands=_EXPORT),
     Option("tolerance", "Largest drop or gain of the main metric the export may show against the PyTorch model "
            "(default 0.001, with --quantize int8 0.01).", type=float, minimum=0, commands=_EXPORT),
+    # -- a prediction server (tasks serve)
+    Option("host", "Address to listen on (0.0.0.0: every network interface).", default="127.0.0.1",
+           commands=_SERVE, remember=False),
+    Option("port", "Port to listen on.", type=int, default=8000, minimum=1, maximum=65535, commands=_SERVE,
+           remember=False),
+    Option("workers", "Server processes, each with the model loaded once.", type=int, default=1, minimum=1,
+           commands=_SERVE, remember=False),
+    Option("max-inputs", "Most inputs (texts, ids, images) one request may carry.", type=int, default=256, minimum=1,
+           commands=_SERVE, remember=False),
+    Option("max-request-mb", "Largest request body, in megabytes.", type=float, default=32.0, above=0,
+           commands=_SERVE, remember=False),
 )
 
 SHARED_NAMES = frozenset(option.name for option in SHARED_OPTIONS)

@@ -110,6 +110,8 @@ class Task:
     #: The predict option that a plain list of inputs stands for in ``Run.predict([...])``
     #: (``"text"`` for text tasks, ``"user"`` for recommendation); None: only files.
     inline_input: str | None = None
+    #: Whether ``tasks predict --data`` takes a folder of images, so ``tasks serve`` takes image uploads.
+    input_images: bool = False
 
     def __init__(self, spec: TaskSpec, options: Mapping[str, Any], context: TaskContext | None = None) -> None:
         self.spec = spec

@@ -105,6 +105,59 @@ def _same(first: Any, second: Any) -> bool:
     return first == second
 
 
+def http(url: str, body: Any = None, *, files: Sequence[tuple[str, Path]] = (),
+         fields: Mapping[str, str] | None = None, timeout: float = 120) -> tuple[int, Any]:
+    """GET ``url``, or POST ``body`` as JSON or ``files`` (``(field, path)`` pairs) and ``fields`` as a
+    multipart form; the status and the JSON answer (also of a 4xx or 5xx)."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    headers, data = {}, None
+    if files or fields:
+        boundary = uuid.uuid4().hex
+        parts = []
+        for name, value in (fields or {}).items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        for name, path in files:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
+                         f"Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers["content-type"] = f"multipart/form-data; boundary={boundary}"
+    elif body is not None:
+        data, headers["content-type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        answer = error.read()
+        try:
+            return error.code, json.loads(answer)
+        except ValueError:
+            return error.code, answer.decode("utf-8", "replace")
+
+
+def http_json(url: str, body: Any = None, **kwargs: Any) -> Any:
+    """`http`, expecting 200: its JSON answer."""
+    status, answer = http(url, body, **kwargs)
+    assert status == 200, f"{url} answered {status}: {answer}"
+    return answer
+
+
+def _masks_as_lists(value: Any) -> Any:
+    """The server's encoded masks as the nested lists ``tasks predict --json`` prints."""
+    from taskzoo.serving import decode_mask
+
+    if isinstance(value, dict) and value.get("format") in ("png", "rle") and "size" in value:
+        return decode_mask(value).tolist()
+    if isinstance(value, dict):
+        return {k: _masks_as_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masks_as_lists(v) for v in value]
+    return value
+
+
 class TaskConformance:
     """Checks that one or more tasks keep taskzoo's contracts; subclass it and set ``task``.
 
@@ -433,6 +486,40 @@ class TaskConformance:
         assert _same(records["torch"], records["onnx"]), (
             f"--runtime onnx predicts {records['onnx'][:3]} where PyTorch predicts {records['torch'][:3]}")
         assert json.loads((trained_run / "export" / "export.json").read_text(encoding="utf-8"))["good"]
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def test_serves_what_predict_prints(self, taskzoo_host: PluginHost, spec: TaskSpec, trained_run: Path,
+                                        sample_paths: dict[str, Path]) -> None:
+        """``tasks serve``: /health names the task, and POST /predict with the sample's predict input
+        uploaded (its images, or the file) answers the records ``tasks predict --json`` prints."""
+        from taskzoo import serving
+
+        result = invoke(taskzoo_host, ["predict", "--model", trained_run, "--data", sample_paths["predict"],
+                                       "--device", "cpu", "--json"])
+        assert result.exit_code == 0, _explain(result)
+        expected = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        source = sample_paths["predict"]
+        files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+        set_host(taskzoo_host)
+        try:
+            app = serving.create_app(trained_run, device="cpu")
+        finally:
+            set_host(None)
+        with serving.background(app) as url:
+            health = http_json(f"{url}/health")
+            assert health["status"] == "ok" and health["task"] == spec.name, health
+            field = "image" if source.is_dir() else "file"
+            answer = http_json(f"{url}/predict", files=[(field, path) for path in files])
+        served = answer["predictions"]
+        # The server names an uploaded file as it was sent; tasks predict, by its path.
+        named = {str(path): path.name for path in files}
+        named[str(source)] = source.name if not source.is_dir() else ""
+        expected = json.loads(json.dumps(expected), object_hook=lambda record: {
+            k: named.get(v, v) if isinstance(v, str) else v for k, v in record.items()})
+        served = _masks_as_lists(served)
+        assert len(served) == len(expected) and _same(expected, served), (
+            f"POST /predict answered {served[:2]} where tasks predict --json printed {expected[:2]}")
 
     def test_predict_refuses_missing_input(self, taskzoo_host: PluginHost, trained_run: Path,
                                            sample_paths: dict[str, Path], tmp_path: Path) -> None:

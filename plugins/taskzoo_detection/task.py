@@ -100,6 +100,7 @@ class ImagesAndBoxes(ItemSeeded, Dataset):
 
 
 class DetectionTask(Task):
+    input_images = True
     _config: dict[str, Any] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -74,6 +74,7 @@ class ImagesAndMasks(ItemSeeded, Dataset):
 
 
 class SegmentationTask(Task):
+    input_images = True
     _classes: Classes | None = None
     _architecture: str = "unet"
     _encoder: str = "efficientnet_lite0"
