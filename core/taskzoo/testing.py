@@ -500,7 +500,10 @@ class TaskConformance:
         assert result.exit_code == 0, _explain(result)
         expected = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
         source = sample_paths["predict"]
-        files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        assert not source.is_dir() or task_class(spec).input_images, (
+            f"{spec.name} predicts from a folder ({source}): set input_images = True on its Task class so that "
+            "tasks serve takes image uploads")
         set_host(taskzoo_host)
         try:
             app = serving.create_app(trained_run, device="cpu")

@@ -65,6 +65,7 @@ def _body(architecture: str, pretrained_from_hub: bool) -> torch.nn.Module:
 
 
 class ImageClassTask(Task):
+    input_images = True  # tasks serve takes image uploads; predict reads them as a folder
     _classes: list[str] | None = None
     _architecture: str = "efficientnet_lite0"
 
