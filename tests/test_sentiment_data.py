@@ -141,3 +141,28 @@ def test_a_bad_row_in_a_later_part_names_it(tmp_path):
     empty = write_csv(tmp_path / "empty.csv", ["review"], [[""], [""]])
     with pytest.raises(DataError, match="has no usable text"):
         list(read_texts_in_parts(empty, 5))
+
+
+def test_the_metrics_match_scikit_learn_including_labels_never_seen():
+    import random
+
+    from sklearn import metrics as sk
+
+    from taskzoo.specs import MetricContext
+    from taskzoo_sentiment import metrics
+
+    draw = random.Random(7)
+    context = MetricContext(task="sentiment", labels=("a", "b", "c", "d"))  # "d" is never true nor predicted
+    references = [draw.choice([0, 1, 2]) for _ in range(200)]
+    predictions = [{"label": draw.choice([0, 1, 1, 2])} for _ in range(200)]
+    ids = [p["label"] for p in predictions]
+    labels = [0, 1, 2, 3]
+    assert metrics.accuracy(predictions, references, context) == sk.accuracy_score(references, ids)
+    assert abs(metrics.macro_f1(predictions, references, context)
+               - sk.f1_score(references, ids, labels=labels, average="macro", zero_division=0)) < 1e-12
+    precision, recall, f1, support = sk.precision_recall_fscore_support(references, ids, labels=labels, zero_division=0)
+    ours = metrics.per_class(predictions, references, context)
+    for i, name in enumerate(context.labels):
+        assert ours[name]["support"] == support[i]
+        assert abs(ours[name]["precision"] - precision[i]) + abs(ours[name]["recall"] - recall[i]) + abs(ours[name]["f1"] - f1[i]) < 1e-12
+    assert metrics.confusion_matrix(predictions, references, context) == sk.confusion_matrix(references, ids, labels=labels).tolist()

@@ -145,6 +145,13 @@ def test_bad_json_requests_are_a_4xx_naming_the_field(sentiment_url, body, statu
 def test_wrong_content_types_and_forms_are_refused(sentiment_url, segmentation_url, tmp_path):
     code, answer = _raw(f"{sentiment_url}/predict", b"inputs=good", "text/plain")
     assert code == 415 and answer["field"] == "content-type", answer
+    # Sent in chunks, without a declared length: JSON is counted as it comes, a form is refused.
+    code, answer = _raw(f"{sentiment_url}/predict", iter([b'{"inputs": ["', b"x" * 60_000, b'"]}']), "application/json")
+    assert code == 413 and "--max-request-mb" in answer["error"], answer
+    code, answer = _raw(f"{sentiment_url}/predict", iter([b'{"inputs": ["good"]}']), "application/json")
+    assert code == 200 and len(answer["predictions"]) == 1, answer
+    code, answer = _raw(f"{sentiment_url}/predict", iter([b"--x\r\n"]), "multipart/form-data; boundary=x")
+    assert code == 411 and answer["field"] == "content-length", answer
     image = next(p for p in sorted(_sample("segmentation", "predict").iterdir()) if p.is_file())
     status, answer = http(f"{sentiment_url}/predict", files=[("image", image)])
     assert status == 422 and answer["field"] == "image" and "does not read images" in answer["error"], answer
@@ -158,6 +165,12 @@ def test_wrong_content_types_and_forms_are_refused(sentiment_url, segmentation_u
     assert status == 422 and answer["field"] == "image", answer
     status, answer = http(f"{segmentation_url}/predict", files=[("photo", image)])
     assert status == 422 and answer["field"] == "photo", answer
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{image}\n")
+    status, answer = http(f"{segmentation_url}/predict", files=[("file", listing)])
+    assert status == 422 and answer["field"] == "file" and "takes images" in answer["error"], answer
+    status, answer = http(f"{segmentation_url}/predict", files=[("file", image)])
+    assert status == 200 and answer["predictions"][0]["image"] == image.name, answer
     assert http_json(f"{segmentation_url}/health")["status"] == "ok"
 
 

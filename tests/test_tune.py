@@ -172,6 +172,27 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(toy, tmp_path, monkey
     assert all(t["error"] == "RuntimeError: CUDA out of memory (pretend)" and t["params"]["lr"] == 0.5 for t in failed)
 
 
+def test_a_tune_is_an_mlflow_parent_run_with_its_trials_as_children(toy, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default store is in the working folder
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 0.01, high: 0.3, log: true}\n")
+    result = taskzoo.tune("toy", toy, trials=2, space=space, output=tmp_path / "t", progress=False, device="cpu",
+                          report_to=["mlflow"])
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("taskzoo-toy")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if "taskzoo.tune_folder" in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.run_name == "t" and parent.info.status == "FINISHED" and parent.data.params["trials"] == "2"
+    assert sorted(run.info.run_name for run in children) == ["trial-0000", "trial-0001"]
+    assert all(run.info.status == "FINISHED" for run in children)
+    best = client.get_metric_history(parent.info.run_id, "best_accuracy")
+    assert len(best) == 2 and best[-1].value == result.summary["best"]["value"]
+    assert "summary.json" in {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
+
 # -- real studies --------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 MASK_FORMATS = ("png", "rle")
 _SETTINGS_VARIABLE = "TASKZOO_SERVE_SETTINGS"  # how uvicorn's worker processes learn what to serve
 _PAGE = Path(__file__).with_name("serve_page.html")
+_LINGER = 1 << 20  # bytes of a too-large body still read before answering 413
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -323,6 +324,15 @@ def _application(predictor: Predictor) -> FastAPI:
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(error.detail), "field": None}, status_code=error.status_code)
 
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, error: Exception) -> JSONResponse:
+        # A fault of the server, not the request: one line for the client, the traceback in the log.
+        import logging
+
+        logging.getLogger("taskzoo.serve").exception("prediction failed")
+        return JSONResponse({"error": f"the server failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
+                             "field": None}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
@@ -357,6 +367,8 @@ def _application(predictor: Predictor) -> FastAPI:
             records = await run_in_threadpool(predictor.predict, inputs, options)
             return JSONResponse({"predictions": jsonable(records, masks)})
         if kind == "multipart/form-data":
+            if not declared:  # the form parser would read a chunked upload of any size
+                raise RequestError(411, "content-length", "content-length: a multipart upload must declare its length")
             return await _predict_uploads(request, predictor, limit)
         raise RequestError(415, "content-type", f"content-type: expected application/json or multipart/form-data, "
                                                 f"got {kind or 'none'}")
@@ -369,9 +381,14 @@ async def _body(request: Request, limit: int, megabytes: float) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "body", f"request body: above the server's --max-request-mb {megabytes:g}")
-        chunks.append(chunk)
+        if size > limit + _LINGER:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        # The rest of a body a little over the limit is read and dropped first, so that the client,
+        # still sending, gets the answer rather than a broken connection.
+        raise RequestError(413, "body", f"request body: above the server's --max-request-mb {megabytes:g}")
     return b"".join(chunks)
 
 
@@ -404,6 +421,10 @@ async def _predict_uploads(request: Request, predictor: Predictor, limit: int) -
                                              f"{'or JSON inputs' if predictor.inline else ''}".rstrip())
         if len(files) > 1 or (files and images):
             raise RequestError(422, "file", "one 'file' per request, and not together with 'image' files")
+        if files and predictor.images and Path(files[0].filename or "").suffix.lower() not in _IMAGE_SUFFIXES:
+            # A list or dataset file would name paths on the server's own disk.
+            raise RequestError(422, "file", f"file '{files[0].filename}': a {predictor.spec.name} model takes images "
+                                            f"({', '.join(_IMAGE_SUFFIXES)}); send them as 'image' files")
         _count(len(images), settings.max_inputs)
         folder = Path(tempfile.mkdtemp(prefix="taskzoo-serve-"))
         try:
@@ -427,7 +448,13 @@ async def _predict_uploads(request: Request, predictor: Predictor, limit: int) -
                 names[str(folder)] = ""
             else:
                 data = folder / name
-            records = await run_in_threadpool(predictor.predict, data, options)
+            try:
+                records = await run_in_threadpool(predictor.predict, data, options)
+            except RequestError as error:  # the task names the file as the server saved it
+                message = error.message
+                for saved, sent in sorted(names.items(), key=lambda item: -len(item[0])):
+                    message = message.replace(saved, sent or "the upload")
+                raise RequestError(error.status, error.field, message) from None
             return JSONResponse({"predictions": jsonable(records, masks, names)})
         finally:
             shutil.rmtree(folder, ignore_errors=True)

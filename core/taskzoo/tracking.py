@@ -5,7 +5,8 @@ pictures, metrics, config and model card as artifacts.
 ``--tensorboard`` is ``--report-to tensorboard``: event files in the run folder's ``tensorboard/``.
 MLflow writes where ``MLFLOW_TRACKING_URI`` says, else to its own default in the working folder
 (MLflow 3: ``mlflow.db``, artifacts under ``mlruns/``), where ``mlflow ui`` finds it: an experiment
-``taskzoo-TASK``, a run per run folder. The other trackers read their own environment
+``taskzoo-TASK``, a run per run folder; a tune is a parent run with its trials as children
+(`TuneTracking`). The other trackers read their own environment
 (``WANDB_PROJECT``, ``WANDB_MODE``...).
 """
 
@@ -56,7 +57,11 @@ class Trackers:
             if name == "tensorboard":
                 tracker = LOGGER_TYPE_TO_CLASS[name]("tensorboard", run_dir)
             elif name == "mlflow":
+                import mlflow
+
+                # Inside an active MLflow run (a tune's, or the caller's own), the run is its child.
                 tracker = LOGGER_TYPE_TO_CLASS[name](experiment_name=f"taskzoo-{task}", run_name=run_dir.name,
+                                                     nested_run=mlflow.active_run() is not None,
                                                      tags={"taskzoo.task": task, "taskzoo.run_folder": str(run_dir.resolve())})
             else:
                 tracker = LOGGER_TYPE_TO_CLASS[name](run_name=f"taskzoo-{task}")
@@ -89,3 +94,36 @@ class Trackers:
             else:
                 tracker.finish()
         self.trackers = []
+
+
+class TuneTracking:
+    """A tune's own MLflow run, parent of its trials' runs: the search's options, the best value so
+    far after each trial, and at the end ``summary.json`` and the search's pictures."""
+
+    def __init__(self, names: Sequence[str], folder: Path, task: str, params: Mapping[str, Any]) -> None:
+        self.active = "mlflow" in names
+        if not self.active:
+            return
+        import mlflow
+
+        mlflow.set_experiment(f"taskzoo-{task}")
+        mlflow.start_run(run_name=folder.name, nested=mlflow.active_run() is not None,
+                         tags={"taskzoo.task": task, "taskzoo.tune_folder": str(folder.resolve())})
+        mlflow.log_params({key: str(value) for key, value in params.items() if value is not None})
+
+    def trial_done(self, number: int, values: Mapping[str, float]) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_metrics(dict(values), step=number)
+
+    def finish(self, folder: Path, status: str = "FINISHED") -> None:
+        if not self.active:
+            return
+        import mlflow
+
+        for pattern in ("summary.json", "*.png"):
+            for path in sorted(folder.glob(pattern)):
+                mlflow.log_artifact(str(path))
+        mlflow.end_run(status=status)
+        self.active = False

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import options as schema
-from taskzoo import run_folders
+from taskzoo import run_folders, tracking
 from taskzoo.errors import RunInterrupted, UserError
 from taskzoo.plugins import get_host
 from taskzoo.specs import SearchParam, TaskSpec, training_space
@@ -274,14 +274,24 @@ def tune(spec: TaskSpec, given: Mapping[str, Any], notify: Notify = _quiet) -> T
     _start_folder(folder, spec, base, own, space)
     study = _open_study(spec, own, folder)
     search = _Search(spec, study, space, base, run_given, folder, own, timeout, notify, data)
+    search.tracking = tracking.TuneTracking(
+        tracking.wanted(base), folder, spec.name,
+        {"study": study.study_name, "trials": own["trials"], "timeout": own.get("timeout"),
+         **{f"space.{p.name}": json.dumps(p.describe()) for p in space}})
     try:
         search.run()
     except KeyboardInterrupt as error:
         search.write_summary()
+        search.tracking.finish(folder, status="KILLED")
         signum = getattr(error, "signum", None)
         raise RunInterrupted(f"tune stopped; run the same command again to continue the study in {folder}",
                              signum) from None
-    return TuneResult(folder, search.write_summary(), space)
+    except BaseException:
+        search.tracking.finish(folder, status="FAILED")
+        raise
+    summary = search.write_summary()
+    search.tracking.finish(folder)
+    return TuneResult(folder, summary, space)
 
 
 def _start_folder(folder: Path, spec: TaskSpec, base: Mapping[str, Any], own: Mapping[str, Any],
@@ -350,6 +360,7 @@ class _Search:
         self.spec, self.study, self.space, self.base, self.folder = spec, study, space, base, folder
         self.run_given, self.own, self.notify = dict(run_given), own, notify
         self.data, self.data_read_for = data, pipeline.reading_inputs(spec, base)
+        self.tracking = tracking.TuneTracking([], folder, spec.name, {})
         self.wanted = own["trials"]
         self._drawn = time.monotonic()
         self.deadline = time.monotonic() + timeout if timeout else None
@@ -394,6 +405,9 @@ class _Search:
                 return
             self.study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
             self._report_last()
+            best = self._best()
+            if best is not None:
+                self.tracking.trial_done(len(self.study.trials) - 1, {f"best_{self.spec.main_metric}": best.value})
             self.write_summary(draw=time.monotonic() - self._drawn > DRAW_EVERY_SECONDS)
 
     def _finished_and_running(self) -> tuple[int, int, int]:
