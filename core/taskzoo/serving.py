@@ -508,6 +508,12 @@ def serve(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
                            for name, value in (("host", host), ("port", port), ("workers", workers)))
     _check_address(host, port)
     if workers > 1:
+        if settings.runtime == "onnx":
+            # Export once here (when the run has no export yet), not in every worker at the same time.
+            Predictor(settings)
+            import gc
+
+            gc.collect()
         os.environ[_SETTINGS_VARIABLE] = json.dumps(asdict(settings))
         if started:
             started()
