@@ -118,8 +118,6 @@ class Predictor:
     def checked_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Each request field but the inputs is a task option of ``tasks predict``, checked alone so
         the error names it."""
-        from taskzoo.options import coerce
-
         checked = {}
         for name, value in given.items():
             option = self.options.get(schema.key(name))
@@ -128,7 +126,7 @@ class Predictor:
                                       *sorted(self.options)])
                 raise RequestError(422, name, f"unknown field '{name}'; expected {accepted}")
             try:
-                checked[option.key] = coerce(option, value)
+                checked[option.key] = schema.coerce(option, value)
             except UserError as error:
                 raise RequestError(422, name, f"{name}: {_without_flag(str(error), option.name)}") from None
         return checked
