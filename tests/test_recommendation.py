@@ -146,6 +146,9 @@ def test_als_beats_the_popularity_baseline_and_keeps_a_safe_run_folder(als_run):
     assert json.loads((als_run / "run.json").read_text())["status"] == "complete"
     for name in ("ranking_metrics.png", "ranking_metrics.md", "README.md", "model/users.json", "model/items.json"):
         assert (als_run / name).exists(), name
+    # Fitted in closed form, no gradient steps: no loss curve to draw, and counts read as counts.
+    assert not (als_run / "training_curves.png").exists()
+    assert f"| evaluated_users | {val['evaluated_users']} |" in (als_run / "README.md").read_text()
     assert "- validation data: each user's latest item (leave-last-out by timestamp)" in (als_run / "README.md").read_text()
     for name in ("factors.npz", "seen.npz"):  # plain arrays: loading must not need pickle
         with np.load(als_run / "model" / name, allow_pickle=False) as stored:
@@ -156,6 +159,7 @@ def test_als_beats_the_popularity_baseline_and_keeps_a_safe_run_folder(als_run):
 def test_evaluate_counts_interactions_and_scores_beside_the_baseline(als_run, runner, tmp_path):
     output = _run(runner, "evaluate", "--model", str(als_run), "--data", str(EXAMPLE / "holdout.csv"), "--k", "10")
     assert "holdout.csv: " in output and " interactions" in output.split("holdout.csv: ")[1].splitlines()[0]
+    assert [line.split() for line in output.splitlines() if line.startswith("k ")] == [["k", "10"]], output
     saved = json.loads((als_run / "eval-holdout" / "metrics.json").read_text())
     assert saved["ndcg_at_k"] > saved["popular_ndcg_at_k"] and saved["evaluated_users"] > 0
 

@@ -20,7 +20,7 @@ import taskzoo
 from taskzoo import options as schema
 from taskzoo.errors import ParityError, RunInterrupted, UserError
 from taskzoo.plugins import get_host
-from taskzoo.specs import Option, TaskSpec
+from taskzoo.specs import Option, TaskSpec, format_metric
 
 
 class UserFacingError(click.ClickException):
@@ -418,7 +418,7 @@ def _evaluate(**params: Any) -> None:
         return
     scalars = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     click.echo(f"{data}: {result.size} {result.unit}")
-    click.echo(_table([[k, f"{v:.4f}"] for k, v in scalars.items()], ["METRIC", "VALUE"]))
+    click.echo(_table([[k, format_metric(v)] for k, v in scalars.items()], ["METRIC", "VALUE"]))
     for picture in result.pictures:
         click.echo(f"wrote {picture}")
     click.echo(f"evaluation folder: {result.folder}")

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from taskzoo.errors import UserError
+from taskzoo.specs import format_metric
 
 STATUS_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -303,7 +304,7 @@ def write_model_card(folder: Path, config: Mapping[str, Any], summary: Mapping[s
     """A short README.md: what was trained on what, how well, and how to use it."""
     val = summary.get("val", {})
     scalars = {k: v for k, v in val.items() if isinstance(v, (int, float))}
-    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in scalars.items())
+    rows = "\n".join(f"| {name} | {format_metric(value)} |" for name, value in scalars.items())
     backbone = config.get("backbone", {})
     lines = [
         f"# {config['task']} model: {folder.name}",

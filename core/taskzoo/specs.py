@@ -263,6 +263,13 @@ class MetricContext:
     labels: tuple[str, ...] = ()
 
 
+def format_metric(value: float | int) -> str:
+    """A metric as a person reads it: counts (``k``, evaluated users) as counts, scores to 4 places."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{value:.4f}"
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A metric computed when a task evaluates.

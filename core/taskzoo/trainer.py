@@ -36,7 +36,7 @@ from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.options import default_of
 from taskzoo.run_folders import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
-from taskzoo.specs import MetricContext, MetricSpec
+from taskzoo.specs import MetricContext, MetricSpec, format_metric
 from taskzoo.task import Task
 
 CHECKPOINT = "checkpoint"
@@ -628,7 +628,7 @@ class Trainer:
             loss_text = f"train loss {train_loss:.4f}" if train_loss is not None else "fitted before training"
             tqdm.write(
                 f"epoch {epoch}: {loss_text}, "
-                + ", ".join(f"val {k} {v:.4f}" for k, v in scalars.items())
+                + ", ".join(f"val {k} {format_metric(v)}" for k, v in scalars.items())
             )
         if improved:
             self.state.update(best=score, best_epoch=epoch, bad_epochs=0)

@@ -33,13 +33,15 @@ def save_figure(figure: Any, output: Path, dpi: int = 110) -> Path:
 
 
 def plot_training_curves(metrics_jsonl: Path, output: Path, main_metric: str) -> Path | None:
-    """Loss per logged step and per epoch, and the main validation metric per epoch."""
+    """Loss per logged step and per epoch, and the main validation metric per epoch. None (no
+    picture) for a run without gradient steps, such as a recommender fitted in closed form only:
+    one point on an epoch axis says nothing a task's own report does not say better."""
     if not metrics_jsonl.exists():
         return None
     records = [json.loads(line) for line in metrics_jsonl.read_text(encoding="utf-8").splitlines() if line]
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
-    if not epochs:
+    if not epochs or not (steps or any(r.get("train_loss") is not None for r in epochs)):
         return None
     plt = _pyplot()
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
