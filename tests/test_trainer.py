@@ -9,6 +9,7 @@ import pytest
 import yaml
 from toy_plugin import ToyPlugin, toy_points
 
+import taskzoo
 from taskzoo import run_folders
 from taskzoo.cli import cli
 from taskzoo.trainer import lr_lambda
@@ -263,3 +264,47 @@ def test_optimizer_follows_the_recipe(runner, toy, tmp_path):
     # Weights decay as asked; biases (1-d tensors) do not.
     assert [g["weight_decay"] for g in groups] == [0.25, 0.0]
     assert all(g["initial_lr"] == 0.05 for g in groups)
+
+
+def test_gradient_checkpointing_trains_the_same_steps_with_activations_recomputed(tmp_path, review_rows):
+    """transformers' non-reentrant checkpointing replays dropout's draws: the same losses, step by step."""
+    from conftest import write_csv
+
+    from taskzoo import pipeline
+    from taskzoo.plugins import PluginHost
+    from taskzoo.trainer import enable_gradient_checkpointing
+
+    data = write_csv(tmp_path / "reviews.csv", ["review", "sentiment"], review_rows[:32] + review_rows[-32:])
+    quick = {"epochs": 1, "max_length": 16, "batch_size": 16, "log_every": 1, "device": "cpu", "progress": False}
+    losses = {}
+    for checkpointing in (False, True):
+        run = taskzoo.train("sentiment", data, output=tmp_path / f"gc-{checkpointing}", gradient_checkpointing=checkpointing, **quick)
+        assert run.config["gradient_checkpointing"] is checkpointing
+        losses[checkpointing] = [json.loads(line)["loss"] for line in (run.folder / "metrics.jsonl").read_text().splitlines()
+                                 if json.loads(line)["type"] == "step"]
+    assert len(losses[True]) == 4 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+    spec = PluginHost().task("sentiment")
+    prepared = pipeline.prepare(spec, pipeline.run_values(spec, {"data": data, "max_length": 16}))
+    assert "BertModel" in enable_gradient_checkpointing(prepared.model)
+    assert any(getattr(module, "gradient_checkpointing", False) is True for module in prepared.model.modules())
+
+
+def test_gradient_checkpointing_without_a_supporting_network_is_one_warning(runner, toy, tmp_path):
+    result = run(runner, "--data", toy, "--output", tmp_path / "run", "--epochs", 1, "--gradient-checkpointing")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: --gradient-checkpointing: no transformers or timm network") == 1
+
+
+def test_gradient_checkpointing_reaches_the_timm_encoder_of_a_segmentation_model(tmp_path):
+    from taskzoo.plugins import PluginHost
+
+    sample = PluginHost().task("segmentation").sample
+    run = taskzoo.train("segmentation", sample.path(sample.train), output=tmp_path / "seg", epochs=1, image_size=64,
+                        batch_size=4, device="cpu", progress=False, gradient_checkpointing=True)
+    assert run.metrics["epochs_run"] == 1 and run.config["gradient_checkpointing"] is True
+    from taskzoo import pipeline
+    from taskzoo.trainer import enable_gradient_checkpointing
+
+    spec = PluginHost().task("segmentation")
+    prepared = pipeline.prepare(spec, pipeline.run_values(spec, {"data": sample.path(sample.train), "image_size": 64}))
+    assert enable_gradient_checkpointing(prepared.model), "the timm encoder took no checkpointing"

@@ -82,6 +82,9 @@ SHARED_OPTIONS: tuple[Option, ...] = (
            commands=("evaluate", "predict", "serve"), remember=False),
     Option("mixed-precision", "auto: bf16 (or fp16) on CUDA, none on the CPU.", default="auto",
            choices=("auto", "no", "fp16", "bf16"), commands=_RUN),
+    Option("gradient-checkpointing", "Recompute activations in the backward pass instead of keeping them "
+           "(transformers and timm backbones): less memory for about a third more compute.", type=bool,
+           default=False, commands=_RUN),
     Option("log-every", "Log loss and throughput every N optimizer steps.", type=int, default=10, minimum=1,
            commands=_RUN),
     Option("tensorboard", "Also write TensorBoard logs into the run folder (as --report-to tensorboard).", type=bool,

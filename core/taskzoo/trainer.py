@@ -64,6 +64,7 @@ class TrainingArgs:
     seed: int = default_of("seed")
     log_every: int = default_of("log_every")
     save_every: int = default_of("save_every")
+    gradient_checkpointing: bool = default_of("gradient_checkpointing")
 
     @classmethod
     def from_options(cls, values: dict[str, Any]) -> TrainingArgs:
@@ -332,6 +333,9 @@ class Trainer:
         self.maximise = by_name[main_metric].goal == "max"
         self.context = MetricContext(task=task.name, labels=tuple(task.labels_of_model))
 
+        if args.gradient_checkpointing and not enable_gradient_checkpointing(model):
+            task.context.warn("--gradient-checkpointing: no transformers or timm network in this model supports "
+                              "it; training keeps every activation")
         set_seed(args.seed)
         train_loader = task.dataloader(train_data, batch_size=args.batch_size, train=True, seed=args.seed)
         val_loader = task.dataloader(
@@ -706,6 +710,24 @@ def _jsonable_random_state() -> list[Any]:
     return [version, list(internal), gauss]
 
 
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> list[str]:
+    """Turn on activation checkpointing in every transformers or timm network inside ``model``
+    (non-reentrant, so dropout draws the same numbers in the recomputation); returns the class
+    names of the networks it was turned on in, empty when none supports it."""
+    enabled = []
+    for module in model.modules():
+        if getattr(module, "supports_gradient_checkpointing", False) and hasattr(module, "activation_checkpointing_enable"):
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif getattr(module, "supports_gradient_checkpointing", False) and hasattr(module, "gradient_checkpointing_enable"):
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # transformers < 5.x
+        elif callable(getattr(module, "set_grad_checkpointing", None)) and hasattr(module, "grad_checkpointing"):
+            module.set_grad_checkpointing(True)
+        else:
+            continue
+        enabled.append(type(module).__name__)
+    return enabled
 
 
 def keep_progress_only(run_dir: Path) -> None:
