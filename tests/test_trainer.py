@@ -308,3 +308,14 @@ def test_gradient_checkpointing_reaches_the_timm_encoder_of_a_segmentation_model
     spec = PluginHost().task("segmentation")
     prepared = pipeline.prepare(spec, pipeline.run_values(spec, {"data": sample.path(sample.train), "image_size": 64}))
     assert enable_gradient_checkpointing(prepared.model), "the timm encoder took no checkpointing"
+
+
+def test_metrics_record_the_peak_memory_of_the_run(runner, toy, tmp_path):
+    import psutil
+
+    before = psutil.Process().memory_info().rss
+    assert run(runner, "--data", toy, "--output", tmp_path / "run", "--epochs", 1).exit_code == 0
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # The process's peak up to the end of training: at least what it held before, not beyond the machine.
+    assert before <= summary["peak_rss_bytes"] <= psutil.virtual_memory().total
+    assert summary["peak_gpu_memory_bytes"] is None or summary["peak_gpu_memory_bytes"] > 0

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -518,6 +519,7 @@ class Trainer:
             "train_samples_per_second": self._samples_seen / self._train_seconds if self._train_seconds else None,
             "wall_seconds": time.perf_counter() - started,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+            "peak_rss_bytes": _peak_rss_bytes(),
             "processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
             "device": str(accelerator.device),
@@ -710,6 +712,16 @@ def _jsonable_random_state() -> list[Any]:
     return [version, list(internal), gauss]
 
 
+
+
+def _peak_rss_bytes() -> int | None:
+    """The process's largest resident memory so far (the whole process: data, model, optimizer)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS counts bytes, Linux kibibytes
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> list[str]:
