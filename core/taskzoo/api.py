@@ -212,7 +212,7 @@ def load(folder: PathArg, *, progress: bool = True, runtime: str = "torch") -> R
     ``runtime="onnx"`` through its ONNX export (exported first when it has none)."""
     if not isinstance(folder, (str, PathLike)):
         raise UserError(f"folder: expected the path of a run folder, got {type(folder).__name__}")
-    runtime = schema.coerce(next(o for o in schema.SHARED_OPTIONS if o.key == "runtime"), runtime)
+    runtime = schema.coerce(schema.shared_option("runtime"), runtime)
     return Run(folder, progress=progress, runtime=runtime)
 
 

@@ -159,12 +159,17 @@ def for_command(spec: TaskSpec, command: str) -> list[Option]:
     return shared(command) + [option for option in spec.options if command in option.commands]
 
 
-def default_of(name: str) -> Any:
-    """A shared option's built-in default (the trainer's and the benchmarks' recipe read these)."""
+def shared_option(name: str) -> Option:
+    """The shared option declared under ``name`` (flag or keyword spelling)."""
     for option in SHARED_OPTIONS:
         if option.name == name or option.key == name:
-            return option.default
+            return option
     raise KeyError(name)
+
+
+def default_of(name: str) -> Any:
+    """A shared option's built-in default (the trainer's and the benchmarks' recipe read these)."""
+    return shared_option(name).default
 
 
 def defaults(spec: TaskSpec, command: str = "run") -> dict[str, Any]:

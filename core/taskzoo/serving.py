@@ -297,7 +297,7 @@ def checked_settings(**given: Any) -> Settings:
     values = {}
     for name, value in given.items():
         if value is not None:
-            values[name] = schema.coerce(_shared(name), value)
+            values[name] = schema.coerce(schema.shared_option(name), value)
     run_folders.open_run(Path(values["model"]), option="model")
     values["model"] = str(values["model"])
     return Settings(**values)
@@ -502,7 +502,7 @@ def serve(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     (and, with one worker, the model loaded)."""
     import uvicorn
 
-    host, port, workers = (schema.coerce(_shared(name), value)
+    host, port, workers = (schema.coerce(schema.shared_option(name), value)
                            for name, value in (("host", host), ("port", port), ("workers", workers)))
     _check_address(host, port)
     if workers > 1:
@@ -522,10 +522,6 @@ def serve(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
         if started:
             started()
         uvicorn.run(app, host=host, port=port, log_level=log_level)
-
-
-def _shared(name: str) -> Any:
-    return next(option for option in schema.SHARED_OPTIONS if option.key == name)
 
 
 def _check_address(host: str, port: int) -> None:
