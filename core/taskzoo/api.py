@@ -265,7 +265,7 @@ def tasks(pattern: str = "*") -> list[dict[str, Any]]:
     for spec in host.tasks().values():
         if not fnmatch.fnmatch(spec.name, pattern):
             continue
-        default = next((b.name for b in host.backbones(spec.name) if b.default), None)
+        default = next((b.name for b in host.backbones(spec.name, role="") if b.default), None)
         rows.append({"name": spec.name, "description": spec.description, "default_backbone": default,
                      "data_formats": list(spec.data_formats), "main_metric": spec.main_metric, "plugin": spec.plugin})
     return rows
@@ -281,6 +281,7 @@ def backbones(task: str | None = None) -> list[dict[str, Any]]:
         _task(task)
     return [
         {"task": b.task, "name": b.name, "default": b.default, "source": b.source, "location": b.location,
-         "params": b.params, "licence": b.licence, "offline_now": available_offline(b), "plugin": b.plugin}
+         "params": b.params, "licence": b.licence, "offline_now": available_offline(b), "plugin": b.plugin,
+         "role": b.role}
         for b in host.backbones(task)
     ]

@@ -133,13 +133,20 @@ def list_backbones(task: str | None, as_json: bool) -> None:
         _echo_json(rows)
         return
     click.echo(_table(
-        [[r["task"], r["name"] + (" (default)" if r["default"] else ""), r["source"], _format_params(r["params"]),
+        [[r["task"], r["name"] + _backbone_note(r), r["source"], _format_params(r["params"]),
           r["licence"], "yes" if r["offline_now"] else "no"] for r in rows],
         ["TASK", "BACKBONE", "SOURCE", "PARAMS", "LICENCE", "OFFLINE NOW"],
     ))
     if task:
         click.echo("\nNames not listed also work when the hub can be reached: a Hugging Face hub id for text "
                    "tasks, a timm model name for vision tasks.")
+
+
+def _backbone_note(row: dict[str, Any]) -> str:
+    notes = [row["role"]] if row["role"] else []
+    if row["default"]:
+        notes.append("default")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 @cli.command("plugins")

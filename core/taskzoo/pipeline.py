@@ -71,7 +71,7 @@ def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost 
 
     context = TaskContext(
         backbones=backbones,
-        offline_backbones=tuple(b.name for b in backbones if available_offline(b)),
+        offline_backbones=tuple(b.name for b in backbones if not b.role and available_offline(b)),
         finished_run=finished_run,
         **({"warn": lambda message: notify("warning", message)} if notify else {}),
     )

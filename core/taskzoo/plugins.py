@@ -277,17 +277,18 @@ class PluginHost:
             raise UserError(f"unknown task '{name}'; known tasks: {known}")
         return tasks[name]
 
-    def backbones(self, task: str | None = None) -> list[BackboneSpec]:
-        """Backbones from registry.yaml and plugins, for one task or all, default first."""
+    def backbones(self, task: str | None = None, role: str | None = None) -> list[BackboneSpec]:
+        """Backbones from registry.yaml and plugins, for one task or all, default first; ``role``
+        (``""``: what ``--backbone`` chooses) keeps one kind, None keeps every kind."""
         self.load()
-        chosen = [b for b in self._backbones if task is None or b.task == task]
-        return sorted(chosen, key=lambda b: (b.task, not b.default, b.name))
+        chosen = [b for b in self._backbones if (task is None or b.task == task) and (role is None or b.role == role)]
+        return sorted(chosen, key=lambda b: (b.task, b.role, not b.default, b.name))
 
-    def default_backbone(self, task: str) -> BackboneSpec:
-        for backbone in self.backbones(task):
+    def default_backbone(self, task: str, role: str = "") -> BackboneSpec:
+        for backbone in self.backbones(task, role):
             if backbone.default:
                 return backbone
-        raise UserError(f"task '{task}' has no default backbone; pass --backbone")
+        raise UserError(f"task '{task}' has no default {role or 'backbone'}; pass --backbone")
 
     def sources(self) -> dict[str, BackboneSource]:
         """Every backbone source, by name: the core's and those plugins register."""

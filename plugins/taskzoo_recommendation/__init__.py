@@ -1,10 +1,13 @@
 """Recommendation: implicit-feedback recommenders (ALS, BPR, logistic MF, item-item kNN) from who
 read, bought or played what; ranked against a most-popular baseline; updated with new
-interactions without starting over (``--init``).
+interactions without starting over (``--init``). With ``--items``, a hybrid model that also
+knows what items are (texts and pictures through pretrained encoders), so items nobody has
+interacted with yet are recommended too, and visitors are served from a few liked items.
 
 This module is what the ``taskzoo`` entry point loads: it only declares records, so listing tasks
 never imports torch or implicit. The work happens in `taskzoo_recommendation.task` (fitting,
-batches, saving), `.data` (reading, id maps, hold-out), `.models` and `.metrics`.
+batches, saving), `.data` (reading, id maps, hold-out), `.catalogue` (``--items``), `.content`
+(encoders, the content projection), `.models` and `.metrics`.
 """
 
 from __future__ import annotations
@@ -62,6 +65,24 @@ def taskzoo_tasks() -> list[TaskSpec]:
                        remember=False),
                 Option("similar-to", "Items most similar to this item id (repeatable).", multiple=True,
                        commands=("predict",), remember=False),
+                Option("items", "Items file (CSV, TSV, JSON Lines, Parquet): an id column, text columns and "
+                       "optionally an image column (paths relative to the file). Items with no interactions are "
+                       "ranked from their content. At predict: rank only these items (new ones included); at "
+                       "evaluate: add these items to the catalogue.", commands=COLUMN_COMMANDS, remember=False),
+                Option("text-columns", "Columns of --items that describe an item, comma-separated (default: "
+                       "every text column but the id and image).", commands=COLUMN_COMMANDS),
+                Option("image-column", "Column of --items with image paths (default: image, photo, poster...; "
+                       "none: text only).", commands=COLUMN_COMMANDS),
+                Option("text-encoder", "Encoder of item texts (tasks backbones recommendation; any hub id where "
+                       "the hub can be reached).", commands=("run",)),
+                Option("image-encoder", "Encoder of item images (tasks backbones recommendation; any timm name "
+                       "where the hub can be reached).", commands=("run",)),
+                Option("finetune-encoder", "With --items and --epochs: also train the last layer of the text "
+                       "encoder (saved in the run) instead of keeping its embeddings fixed.", type=bool,
+                       default=False, commands=("run",)),
+                Option("liked", "Recommend for a visitor with no history from the items they liked, comma-separated "
+                       "ids (folded in as ALS solves a user; items may be cold).", commands=("predict",),
+                       remember=False),
                 Option("popular-fallback", "Give users never seen in training the most popular items instead of "
                        "an error.", type=bool, default=False, commands=("predict",), remember=False),
             ),
@@ -95,6 +116,12 @@ def taskzoo_metrics() -> list[MetricSpec]:
                    description="ndcg_at_k of the most-popular baseline (popular items the user has not seen)."),
         MetricSpec("popular_auc_at_k", (TASK,), metrics.popular_auc_at_k,
                    description="auc_at_k of the most-popular baseline (popular items the user has not seen)."),
+        MetricSpec("recall_at_k", (TASK,), metrics.recall_at_k,
+                   description="Held-out items in the top k over all the user's held-out items."),
+        MetricSpec("coverage_at_k", (TASK,), metrics.coverage_at_k,
+                   description="Share of the catalogue in at least one evaluated user's top k."),
+        *(MetricSpec(name, (TASK,), compute, description=description)
+          for name, compute, description in metrics.group_metrics()),
         MetricSpec("k", (TASK,), metrics.k, description="The k of the metrics."),
         MetricSpec("evaluated_users", (TASK,), metrics.evaluated_users, description="Users with held-out items."),
     ]

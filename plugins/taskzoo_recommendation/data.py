@@ -85,13 +85,14 @@ class Pairs:
 
 @dataclass
 class Queries:
-    """Users to recommend for, or items to find similar items to, from ``--data``, ``--user`` or
-    ``--similar-to``. ``lines`` say where each came from (line numbers, or the option)."""
+    """Users to recommend for, or items to find similar items to, from ``--data``, ``--user``,
+    ``--similar-to`` or ``--liked``. ``lines`` say where each came from (line numbers, or the option)."""
 
     source: str
     kind: str  # "users" or "items"
     ids: list[str]
     lines: list[str]
+    liked: Any = None  # users x items CSR: the items each user liked, for users folded in (--liked, histories)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -416,6 +417,11 @@ def check(data: Interactions) -> list[Finding]:
     if single:
         findings.append(Finding("warning", f"{single} user(s) have a single interaction: they are trained on but "
                                 "never held out for validation"))
+    catalogue = getattr(data, "catalogue", None)
+    if catalogue is not None:
+        from taskzoo_recommendation.catalogue import catalogue_findings
+
+        findings += catalogue_findings(catalogue, list(data.item_ids))
     if data.unknown:
         u = data.unknown
         findings.append(Finding("warning", f"{u['interactions']} interaction(s) with {u['users']} user(s) or {u['items']} "

@@ -44,19 +44,24 @@ def _replay(ids: np.ndarray) -> Any:
 
 
 def ranking(predictions: Sequence[dict[str, Any]], references: Sequence[Sequence[int]], key: str = "items") -> dict[str, float]:
-    """precision, map, ndcg and auc at k (k = the length of the lists) for ``predictions[i][key]``."""
+    """precision, map, ndcg, auc and recall at k (k = the length of the lists) for ``predictions[i][key]``."""
     if _last[0] is predictions and _last[1] is references and key in _last[2]:
         return _last[2][key]
     if _last[0] is not predictions or _last[1] is not references:
         _last[:] = [predictions, references, {}]
+    if not predictions:
+        raise ValueError("no users to evaluate")
+    values = scores([p[key] for p in predictions], references, int(predictions[0]["n_items"]),
+                    len(predictions[0][key]))
+    _last[2][key] = values
+    return values
+
+
+def scores(lists: Sequence[Sequence[int]], references: Sequence[Sequence[int]], n_items: int, k: int) -> dict[str, float]:
+    """The ranking metrics of top-k ``lists`` against held-out ``references`` (implicit's, and recall)."""
     import scipy.sparse as sp
     from implicit.evaluation import ranking_metrics_at_k
 
-    if not predictions:
-        raise ValueError("no users to evaluate")
-    n_items = int(predictions[0]["n_items"])
-    k = len(predictions[0][key])
-    lists = [prediction[key] for prediction in predictions]
     if all(len(found) == k for found in lists):
         ids = np.array(lists, dtype=np.int32).reshape(len(lists), k)
     else:  # some users had fewer than k items left to recommend: -1 pads, as implicit pads
@@ -70,8 +75,79 @@ def ranking(predictions: Sequence[dict[str, Any]], references: Sequence[Sequence
     train = sp.csr_matrix((len(references), n_items), dtype=np.float32)
     result = ranking_metrics_at_k(_replay(ids), train, test, K=k, show_progress=False, num_threads=1)
     values = {name: float(result[name]) for name in NAMES}
-    _last[2][key] = values
+    hits = np.asarray(test[np.arange(len(references))[:, None], np.clip(ids, 0, None)].todense()) * (ids >= 0)
+    values["recall"] = float(np.mean(hits.sum(1) / np.maximum(lengths, 1)))
     return values
+
+
+# The metrics of one evaluation share one computation per group and ranking.
+_group_cache: list[Any] = [None, {}]
+
+
+def group_ranking(predictions: Sequence[dict[str, Any]], group: str, key: str) -> dict[str, Any] | None:
+    """Metrics of ``predictions[i][key]`` (a ranking among the ``group``'s items: warm or cold)
+    against each user's held-out items of that group, over the users who have some; None when the
+    evaluation has no such users (or the model no content)."""
+    if _group_cache[0] is not predictions:
+        _group_cache[:] = [predictions, {}]
+    cached = _group_cache[1]
+    if (group, key) in cached:
+        return cached[(group, key)]
+    chosen = [p for p in predictions if p.get(f"{group}_refs")]
+    result = None
+    if chosen and key in chosen[0]:
+        result = scores([p[key] for p in chosen], [p[f"{group}_refs"] for p in chosen], int(chosen[0]["n_items"]),
+                        len(chosen[0]["items"]))
+        result["users"] = len(chosen)
+    cached[(group, key)] = result
+    return result
+
+
+def _grouped(group: str, key: str, name: str):
+    def compute(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> Any:
+        found = group_ranking(predictions, group, key)
+        return None if found is None else found[name]
+
+    return compute
+
+
+def recall_at_k(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> float:
+    return ranking(predictions, references)["recall"]
+
+
+def coverage_at_k(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> float:
+    """Share of the catalogue that appears in at least one evaluated user's top k."""
+    if not predictions:
+        return 0.0
+    shown = {item for p in predictions for item in p["items"]}
+    return len(shown) / max(1, int(predictions[0]["n_items"]))
+
+
+# Warm and cold items apart (--items): each ranking beside its baselines.
+GROUP_RANKINGS = {
+    "warm": {"warm": "model", "popular": "popular"},
+    "cold": {"cold": "model", "content": "content", "random": "random"},
+}
+GROUP_METRICS = ("precision", "recall", "ndcg", "map")
+
+
+def group_metrics() -> list[tuple[str, Any, str]]:
+    """(name, compute, description) of every warm/cold metric."""
+    found = []
+    describe = {"model": "the model", "popular": "the most-popular baseline",
+                "content": "the content-only baseline (cosine similarity of item embeddings to the user's history)",
+                "random": "a seeded random ranking"}
+    for group, rankings in GROUP_RANKINGS.items():
+        for key, arm in rankings.items():
+            prefix = group if arm == "model" else f"{group}_{arm}"
+            for metric in GROUP_METRICS:
+                found.append((f"{prefix}_{metric}_at_k", _grouped(group, key, metric),
+                              f"{metric} at k of {describe[arm]} ranking only {group} items, against the held-out "
+                              f"{group} items ({'items with' if group == 'warm' else 'items without'} training "
+                              "interactions; with --items)"))
+        found.append((f"{group}_users", _grouped(group, group, "users"),
+                      f"Users with held-out {group} items (with --items)."))
+    return found
 
 
 def _metric(name: str):

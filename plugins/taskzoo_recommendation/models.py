@@ -86,13 +86,16 @@ def _cpu_top_k(user_vectors: torch.Tensor, item_factors: torch.Tensor, k: int, b
 
 
 class FactorModel(torch.nn.Module):
-    def __init__(self, n_users: int, n_items: int, factors: int, threads: int = 0) -> None:
+    def __init__(self, n_users: int, n_items: int, factors: int, threads: int = 0, item_factors: bool = True) -> None:
         super().__init__()
         self.user_factors = torch.nn.Parameter(torch.zeros(n_users, factors))
-        self.item_factors = torch.nn.Parameter(torch.zeros(n_items, factors))
+        if item_factors:  # the hybrid model computes its items' vectors instead
+            self.item_factors = torch.nn.Parameter(torch.zeros(n_items, factors))
         # Distinct users per item in the fitted data: the most-popular baseline and fallback.
         self.register_buffer("popularity", torch.zeros(n_items))
         self.threads = threads  # CPU threads for scoring (the task's --threads; 0: torch's thread count)
+        self.regularization = 10.0  # of the fold-in of users given by their liked items (the task sets it)
+        self.alpha = 1.0
 
     def set_factors(self, user_factors: np.ndarray, item_factors: np.ndarray, popularity: np.ndarray) -> None:
         with torch.no_grad():
@@ -102,26 +105,192 @@ class FactorModel(torch.nn.Module):
                                                      device=self.item_factors.device)
             self.popularity = torch.as_tensor(popularity, dtype=torch.float32, device=self.popularity.device)
 
+    def item_vectors(self) -> torch.Tensor:
+        """Every item's vector in the users' space (the hybrid model adds content here)."""
+        return self.item_factors
+
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.user_factors[users] * self.item_factors[items]).sum(-1)
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         if "positives" in batch:
-            users = self.user_factors[batch["users"]]
-            margin = (users * (self.item_factors[batch["positives"]] - self.item_factors[batch["negatives"]])).sum(-1)
+            margin = self.pair_scores(batch["users"], batch["positives"]) - self.pair_scores(batch["users"], batch["negatives"])
             return {"loss": -torch.nn.functional.logsigmoid(margin).mean(), "output": margin}
         k = int(batch["top_k"])
+        items = self.item_vectors()
         if "query_items" in batch:
-            return {"loss": None, "output": most_similar(self.similarity(batch["query_items"]), batch["query_items"], k)}
+            return {"loss": None, "output": most_similar(self.similarity(batch["query_items"], items), batch["query_items"], k)}
+        users = batch["users"]
+        vectors = self.user_vectors(batch, items)
+        best = rank(vectors, items, k, batch, self.threads)
+        best = popular_for_unknown(best, users, self.popularity, k)
+        if "item_group" in batch:  # evaluation: also the rankings among warm and among cold items
+            best.update(self.group_rankings(vectors, items, k, batch))
+        return {"loss": None, "output": best}
+
+    def user_vectors(self, batch: Mapping[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """The batch's users' vectors: trained ones, or folded in from the items they liked
+        (users marked -2: ``--liked`` or a history of a user the model has not seen)."""
         users = batch["users"]
         vectors = self.user_factors[users.clamp(min=0)]
-        if vectors.device.type == "cpu":
-            best = _cpu_top_k(vectors, self.item_factors, k, batch, self.threads)
-        else:
-            best = top_k(_mask_seen(vectors @ self.item_factors.T, batch), k)
-        return {"loss": None, "output": popular_for_unknown(best, users, self.popularity, k)}
+        folded = users == -2
+        if folded.any():
+            vectors = vectors.clone()
+            vectors[folded] = fold_in_users(items, batch["seen_rows"], batch["seen_cols"], batch["seen_weights"],
+                                            len(users), self.regularization, self.alpha)[folded]
+        return vectors
 
-    def similarity(self, query_items: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each query item's factors to every item's."""
-        normed = torch.nn.functional.normalize(self.item_factors, dim=-1)
+    def group_rankings(self, vectors: torch.Tensor, items: torch.Tensor, k: int,
+                       batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        result = {}
+        for name, group in (("warm", 0), ("cold", 1)):
+            outside = batch["item_group"] != group
+            best = rank(vectors, items, k, batch, self.threads, blocked=outside)
+            result[f"{name}_ids"], result[f"{name}_scores"] = best["ids"], best["scores"]
+        return result
+
+    def similarity(self, query_items: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine similarity of each query item's vector to every item's."""
+        normed = torch.nn.functional.normalize(self.item_vectors() if items is None else items, dim=-1)
         return normed[query_items] @ normed.T
+
+
+class HybridModel(FactorModel):
+    """Items described by content as well as by interactions (``--items``): an item's vector is its
+    content embedding projected into the users' space plus a learned id vector where the item has
+    interactions. Fitted as ALS plus a ridge projection, the id vector makes a warm item's vector
+    exactly its ALS factors (warm items lose nothing) and a cold item's is its projected content.
+    Gradient epochs (BPR) train the projection, the id vectors and the users together, dropping
+    items' id vectors at random so the projection learns to rank items from content alone."""
+
+    def __init__(self, n_users: int, n_items: int, factors: int, content_dim: int, threads: int = 0,
+                 id_dropout: float = 0.5) -> None:
+        super().__init__(n_users, n_items, factors, threads, item_factors=False)
+        self.projection = torch.nn.Parameter(torch.zeros(content_dim, factors))
+        self.id_factors = torch.nn.Parameter(torch.zeros(n_items, factors))
+        self.register_buffer("content", torch.zeros(n_items, content_dim))
+        self.register_buffer("warm", torch.zeros(n_items, dtype=torch.bool))
+        self.id_dropout = id_dropout
+        self.text_encoder: Any = None  # set by --finetune-encoder: the text part of content trains too
+        self.item_tokens: dict[str, torch.Tensor] = {}
+        self.projection_strength = 0.0  # the ridge strength the projection was fitted with
+
+    def set_content(self, content: np.ndarray, warm: np.ndarray, projection: np.ndarray, id_factors: np.ndarray) -> None:
+        with torch.no_grad():
+            device = self.projection.device
+            self.content = torch.as_tensor(np.ascontiguousarray(content), dtype=torch.float32, device=device)
+            self.warm = torch.as_tensor(warm, dtype=torch.bool, device=device)
+            self.projection.data = torch.as_tensor(projection, dtype=torch.float32, device=device)
+            self.id_factors.data = torch.as_tensor(np.ascontiguousarray(id_factors), dtype=torch.float32, device=device)
+
+    def set_factors(self, user_factors: np.ndarray, item_factors: np.ndarray, popularity: np.ndarray) -> None:
+        """Take ALS's (or BPR's) factors: fit the content projection on the described items with
+        interactions, and give those items the id vector that makes their vector their factors."""
+        from taskzoo_recommendation.content import fit_projection
+
+        content = self.content.cpu().numpy()
+        warm = np.asarray(popularity) > 0
+        usable = warm & (np.abs(content).sum(1) > 0)
+        if usable.sum() < 2:
+            raise UserError("--items: fewer than two described items have interactions in the training part, so "
+                            "nothing links content to behaviour; describe the items of the interactions in --items")
+        projection, self.projection_strength = fit_projection(content[usable], item_factors[usable],
+                                                              np.log1p(np.asarray(popularity)[usable]))
+        ids = np.where(warm[:, None], item_factors - content @ projection, 0.0).astype(np.float32)
+        with torch.no_grad():
+            self.user_factors.data = torch.as_tensor(np.ascontiguousarray(user_factors), dtype=torch.float32,
+                                                     device=self.user_factors.device)
+            self.popularity = torch.as_tensor(popularity, dtype=torch.float32, device=self.popularity.device)
+        self.set_content(content, warm, projection, ids)
+
+    def train(self, mode: bool = True) -> HybridModel:
+        # The encoder being fine-tuned changes every item's text embedding: refresh them for scoring.
+        if not mode and self.training and self.text_encoder is not None:
+            self._refresh_text_content()
+        return super().train(mode)
+
+    @torch.no_grad()
+    def _refresh_text_content(self) -> None:
+        encoder, tokens = self.text_encoder, self.item_tokens
+        was_training = encoder.training
+        encoder.eval()
+        parts = []
+        for start in range(0, len(self.content), 64):
+            chunk = {name: values[start:start + 64] for name, values in tokens.items()}
+            longest = int(chunk["attention_mask"].sum(1).max())
+            chunk = {name: values[:, :longest].to(self.content.device) for name, values in chunk.items()}
+            parts.append(encoder(chunk))
+        text = torch.cat(parts)
+        self.content[:, : text.shape[1]] = text.to(self.content.dtype)
+        encoder.train(was_training)
+
+    def add_items(self, content: np.ndarray) -> None:
+        """Items the model has never seen (``--items`` at predict or evaluate time): cold, ranked from content."""
+        with torch.no_grad():
+            extra = torch.as_tensor(content, dtype=torch.float32, device=self.content.device)
+            self.content = torch.cat([self.content, extra])
+            self.warm = torch.cat([self.warm, torch.zeros(len(extra), dtype=torch.bool, device=self.warm.device)])
+            self.id_factors.data = torch.cat([self.id_factors.data, self.id_factors.new_zeros(len(extra), self.id_factors.shape[1])])
+            self.popularity = torch.cat([self.popularity, self.popularity.new_zeros(len(extra))])
+
+    def item_vectors(self, items: torch.Tensor | None = None, drop_ids: bool = False) -> torch.Tensor:
+        content = self.content if items is None else self.content[items]
+        if self.text_encoder is not None and self.training and items is not None:
+            content = self._encoded_content(items, content)
+        ids = self.id_factors if items is None else self.id_factors[items]
+        warm = (self.warm if items is None else self.warm[items]).to(ids.dtype)[:, None]
+        if drop_ids:
+            warm = warm * (torch.rand_like(warm) >= self.id_dropout).to(warm.dtype)
+        return content @ self.projection + warm * ids
+
+    def _encoded_content(self, items: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """The text part of the items' content from the encoder being fine-tuned (the picture part stays)."""
+        unique, inverse = torch.unique(items, return_inverse=True)
+        tokens = {name: values[unique.cpu()].to(content.device) for name, values in self.item_tokens.items()}
+        longest = int(tokens["attention_mask"].sum(1).max())
+        text = self.text_encoder({name: values[:, :longest] for name, values in tokens.items()})[inverse]
+        return torch.cat([text.to(content.dtype), content[:, text.shape[1]:]], dim=1)
+
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.user_factors[users] * self.item_vectors(items, drop_ids=self.training)).sum(-1)
+
+    @property
+    def item_factors(self) -> torch.Tensor:  # implicit's name, for saving and exporting the combined vectors
+        return self.item_vectors()
+
+
+def rank(vectors: torch.Tensor, items: torch.Tensor, k: int, batch: Mapping[str, torch.Tensor], threads: int,
+         blocked: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The top ``k`` items per user vector, seen items excluded, and ``blocked`` items (a mask over
+    items) or items outside ``batch["candidates"]`` (``predict --items``) never ranked."""
+    candidates = batch.get("candidates")
+    if candidates is not None:
+        inside = torch.zeros(len(items), dtype=torch.bool, device=items.device)
+        inside[candidates] = True
+        blocked = ~inside if blocked is None else blocked | ~inside
+    if blocked is None and vectors.device.type == "cpu":
+        return _cpu_top_k(vectors, items, k, batch, threads)
+    scores = _mask_seen(vectors @ items.T, batch)
+    if blocked is not None:
+        scores[:, blocked] = float("-inf")
+    return top_k(scores, k)
+
+
+def fold_in_users(items: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, users: int,
+                  regularization: float, alpha: float) -> torch.Tensor:
+    """Users' vectors from the items they liked, as ALS solves a user with the items fixed
+    (Hu, Koren, Volinsky 2008; implicit's ``recalculate_user``): confidence alpha x weight on the
+    liked items, preference 0 elsewhere."""
+    items = items.detach().double()
+    gram = items.T @ items + regularization * torch.eye(items.shape[1], dtype=items.dtype, device=items.device)
+    confidence = (alpha * weights.double()).clamp(min=1e-6)
+    systems = gram.expand(users, -1, -1).clone()
+    liked = items[cols]
+    outer = (confidence - 1)[:, None, None] * liked[:, :, None] * liked[:, None, :]
+    systems.index_add_(0, rows, outer)
+    targets = torch.zeros(users, items.shape[1], dtype=items.dtype, device=items.device)
+    targets.index_add_(0, rows, confidence[:, None] * liked)
+    return torch.linalg.solve(systems, targets).float()
 
 
 def most_similar(similarity: torch.Tensor, query_items: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -133,7 +302,7 @@ def most_similar(similarity: torch.Tensor, query_items: torch.Tensor, k: int) ->
 def popular_for_unknown(best: dict[str, torch.Tensor], users: torch.Tensor, popularity: torch.Tensor,
                         k: int) -> dict[str, torch.Tensor]:
     """Unknown users (index -1) get the most popular items (predict --popular-fallback)."""
-    unknown = users < 0
+    unknown = users == -1  # -2: folded in from liked items, not unknown
     if unknown.any():
         popular = top_k(popularity[None].to(best["scores"].device), k)
         best["ids"][unknown], best["scores"][unknown] = popular["ids"], popular["scores"].to(best["scores"].dtype)
@@ -150,8 +319,9 @@ class _FactorScores(torch.nn.Module):
         self.model = model
 
     def forward(self, users: torch.Tensor, query_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.model.user_factors[users.clamp(min=0)] @ self.model.item_factors.T
-        return scores, self.model.similarity(query_items)
+        items = self.model.item_vectors()
+        scores = self.model.user_factors[users.clamp(min=0)] @ items.T
+        return scores, self.model.similarity(query_items, items)
 
 
 def export_graph(model: torch.nn.Module, backbone: str, preprocessing: dict[str, Any]) -> Any:
@@ -163,6 +333,9 @@ def export_graph(model: torch.nn.Module, backbone: str, preprocessing: dict[str,
     empty = np.zeros(0, dtype=np.int64)
 
     def feeds(batch: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
+        if "candidates" in batch or ("users" in batch and bool((batch["users"] == -2).any())):
+            raise UserError("the ONNX export ranks the saved catalogue for known users; --liked, new users' histories "
+                            "and predict --items need --runtime torch")
         return [{"users": batch["users"].cpu().numpy() if "users" in batch else empty,
                  "query_items": batch["query_items"].cpu().numpy() if "query_items" in batch else empty}]
 

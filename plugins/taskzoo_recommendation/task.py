@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,15 +19,19 @@ from torch.utils.data import DataLoader
 from taskzoo import BackboneSpec, DataError, UserError, progress
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
+from taskzoo_recommendation.catalogue import Catalogue, read_catalogue
 from taskzoo_recommendation.data import (IdMap, Interactions, Pairs, Queries, holdout_mask, read_interactions,
                                          read_queries, to_pairs)
-from taskzoo_recommendation.models import (FACTOR_KINDS, KINDS, FactorModel, NeighbourModel, factors_of, fold_in,
-                                           hyperparameters, make_implicit)
+from taskzoo_recommendation.models import (FACTOR_KINDS, KINDS, FactorModel, HybridModel, NeighbourModel, factors_of,
+                                           fold_in, hyperparameters, make_implicit)
 
 CONFIG = "recommender.json"
 FACTORS = "factors.npz"
 NEIGHBOURS = "similarity.npz"
 SEEN = "seen.npz"
+CONTENT = "content.npz"
+TEXT_ENCODER = "text_encoder"
+VISITOR = "visitor"  # the user column of --liked recommendations
 # Dense scores of one evaluation batch stay below this many floats (users x items).
 SCORE_BUDGET = 20_000_000
 
@@ -77,6 +81,16 @@ class RecommendationTask(Task):
     _split_by_time = False  # whether the last split held out each user's latest item
     _popularity_order: Any = None  # caches of the most-popular baseline
     _popularity_cache: Any = None
+    _catalogue: Catalogue | None = None  # the run's --items
+    content: dict[str, Any] | None = None  # how item content was embedded (saved in recommender.json)
+    _content_vectors: np.ndarray | None = None  # the items' content embeddings, in item index order
+    _item_groups: torch.Tensor | None = None  # 0: warm item (has training interactions), 1: cold
+    _encoders: dict[str, Any] | None = None
+    _model_folder: Path | None = None
+    _candidates: np.ndarray | None = None  # predict --items: rank only these
+    _applied_items: tuple[str, np.ndarray] | None = None  # the --items file added, and its item indices
+    _model: Any = None  # the loaded hybrid model, which --items extends
+    _trained_by_gradient = False
 
     @property
     def k(self) -> int:
@@ -98,25 +112,100 @@ class RecommendationTask(Task):
                                  time_column=self.options.get("time_column"))
 
     def read(self, path: Path, *, role: str, labels: Sequence[str] | None = None) -> Interactions | Queries:
+        if role != "train":
+            self._apply_items()
         if role == "predict":
-            return self._known_queries(read_queries(path, user_column=self.options.get("user_column")))
+            return self._known_queries(self._predict_queries(path))
         data = self._read(path)
         if role in ("val", "test") and self.users is not None:
             data.pairs = self._pairs(data, role)  # also counts what the model cannot score, for the check
+        if role == "train" and self.options.get("items"):
+            data.catalogue = self._read_catalogue(Path(self.options["items"]))
         return data
 
+    def _read_catalogue(self, path: Path) -> Catalogue:
+        columns = [c.strip() for c in str(self.options.get("text_columns") or "").split(",") if c.strip()]
+        item_column = self.options.get("item_column")
+        try:
+            return read_catalogue(path, item_column=item_column, text_columns=columns or None,
+                                  image_column=self.options.get("image_column"))
+        except DataError as error:
+            # --item-column names the interactions' column; an items file may call its ids otherwise.
+            if not item_column or f"'{item_column}' (from --item-column)" not in str(error):
+                raise
+        return read_catalogue(path, text_columns=columns or None, image_column=self.options.get("image_column"))
+
     def inputs_from_options(self) -> Queries | None:
+        self._apply_items()
         users, similar = self.options.get("user") or [], self.options.get("similar_to") or []
-        if users and similar:
-            raise UserError("give --user or --similar-to, not both")
+        liked = [i.strip() for i in str(self.options.get("liked") or "").split(",") if i.strip()]
+        if sum(map(bool, (users, similar, liked))) > 1:
+            raise UserError("give one of --user, --similar-to and --liked")
+        if self.options.get("liked") is not None and not liked:
+            raise UserError("--liked: expected item ids separated by commas, e.g. --liked 123,456")
+        if liked:
+            return self._liked_queries(liked)
         if users:
             return self._known_queries(Queries("--user", "users", list(users), ["--user"] * len(users)))
         if similar:
             return self._known_queries(Queries("--similar-to", "items", list(similar), ["--similar-to"] * len(similar)))
         return None
 
+    def _predict_queries(self, path: Path) -> Queries:
+        """Users to recommend for: a list of ids, or a table of interactions (user and item columns),
+        whose users the model has not seen are folded in from their rows there."""
+        from taskzoo.helpers.tables import find_column
+
+        from taskzoo_recommendation.data import ITEM_COLUMNS, USER_COLUMNS, read_frame
+
+        if path.suffix.lower() != ".txt":
+            columns = list(read_frame(path)[0].columns)
+            user = find_column(path, columns, self.options.get("user_column"), USER_COLUMNS, "user", "--user-column")
+            item = find_column(path, columns, self.options.get("item_column"), ITEM_COLUMNS, "item", "--item-column")
+            if user is not None and item is not None and self.kind in FACTOR_KINDS:
+                return self._history_queries(self._read(path))
+        return read_queries(path, user_column=self.options.get("user_column"))
+
+    def _history_queries(self, data: Interactions) -> Queries:
+        import scipy.sparse as sp
+
+        known_users = self.users.lookup(data.user_ids)
+        item_index = self.items.lookup(data.item_ids)[data.items]
+        fold = (known_users[data.users] < 0) & (item_index >= 0)
+        if ((known_users[data.users] < 0) & (item_index < 0)).any():
+            self.context.warn(f"{data.path}: {int(((known_users[data.users] < 0) & (item_index < 0)).sum())} row(s) of new "
+                              "users name items the model does not know; they are left out of those users' histories")
+        liked = sp.csr_matrix((data.weights[fold], (data.users[fold], item_index[fold])),
+                              shape=(len(data.user_ids), len(self.items)), dtype=np.float32)
+        liked.sum_duplicates()
+        first = np.full(len(data.user_ids), len(data.users), dtype=np.int64)
+        np.minimum.at(first, data.users, np.arange(len(data.users)))
+        first += 1
+        return Queries(str(data.path), "users", [str(u) for u in data.user_ids], [f"row {r}" for r in first], liked=liked)
+
+    def _liked_queries(self, liked: list[str]) -> Queries:
+        """One visitor known only by the items they liked: folded in against the items' vectors."""
+        if self.kind not in FACTOR_KINDS:
+            raise UserError(f"--liked: backbone '{self.backbone}' (item-item kNN) has no item vectors to fold a user "
+                            "into; use --similar-to, or a factor backbone (als, bpr, lmf)")
+        found = self.items.lookup(liked)
+        if (found < 0).any():
+            missing = liked[int(np.flatnonzero(found < 0)[0])]
+            more = " or describe it in --items" if self.content else ""
+            raise DataError(f"--liked: item '{missing}' is not in the model's catalogue of {len(self.items)} items; "
+                            f"check the id{more}")
+        import scipy.sparse as sp
+
+        liked_matrix = sp.csr_matrix((np.ones(len(found), np.float32), (np.zeros(len(found), np.int64), found)),
+                                     shape=(1, len(self.items)))
+        liked_matrix.sum_duplicates()
+        liked_matrix.data[:] = 1.0
+        return Queries("--liked", "users", [VISITOR], ["--liked"], liked=liked_matrix)
+
     def _known_queries(self, queries: Queries) -> Queries:
         known = (self.users if queries.kind == "users" else self.items).lookup(queries.ids)
+        if queries.liked is not None:  # users with a history here are folded in, known or not
+            known = np.where(np.diff(queries.liked.indptr) > 0, 0, known)
         unknown = [i for i, index in enumerate(known) if index < 0]
         if not unknown:
             return queries
@@ -145,6 +234,12 @@ class RecommendationTask(Task):
             self.users, self.items = IdMap(), IdMap()
         self.users.extend(data.user_ids)
         self.items.extend(data.item_ids)
+        self._catalogue = getattr(data, "catalogue", None)
+        if self._catalogue is not None:
+            if init:
+                raise UserError("--items with --init: folding new interactions into a model with item content is not "
+                                "supported yet; train again on all interactions with --items")
+            self.items.extend(self._catalogue.ids)  # items nobody interacted with: cold, ranked from content
         return []
 
     def _pairs(self, data: Interactions | Pairs, role: str) -> Pairs:
@@ -220,9 +315,113 @@ class RecommendationTask(Task):
         else:
             self.hyper = hyperparameters(self.kind, self.options)
         self.backbone = backbone.name
+        if self._catalogue is not None:
+            return self._build_hybrid()
+        if self.options.get("finetune_encoder"):
+            raise UserError("--finetune-encoder needs --items: the encoder embeds the items' texts")
         if self.kind in FACTOR_KINDS:
-            return FactorModel(len(self.users), len(self.items), int(self.hyper["factors"]), self.threads)
+            return self._with_fold_in(FactorModel(len(self.users), len(self.items), int(self.hyper["factors"]),
+                                                  self.threads))
         return NeighbourModel(len(self.items))
+
+    def _with_fold_in(self, model: FactorModel) -> FactorModel:
+        model.regularization = float(self.hyper.get("regularization", 10.0))
+        model.alpha = float(self.hyper.get("alpha", 1.0))
+        return model
+
+    # -- item content (--items) ------------------------------------------------------------------
+
+    def _build_hybrid(self) -> HybridModel:
+        if self.kind not in FACTOR_KINDS:
+            raise UserError(f"--items: backbone '{self.backbone}' (item-item kNN) cannot rank items without "
+                            "interactions; use a factor backbone (als, the default; bpr, lmf)")
+        from taskzoo.plugins import get_host
+        from taskzoo.weights import resolve_backbone
+
+        catalogue = self._catalogue
+        host = get_host()
+        text = resolve_backbone(host, self.name, self.options.get("text_encoder"), "text encoder", "--text-encoder")
+        image = (resolve_backbone(host, self.name, self.options.get("image_encoder"), "image encoder", "--image-encoder")
+                 if catalogue.image_column else None)
+        if self.options.get("image_encoder") and image is None:
+            raise UserError(f"--image-encoder: {catalogue.path} has no image column (name it with --image-column)")
+        self.content = {"text_encoder": text.name, "image_encoder": image.name if image else None,
+                        "text_columns": catalogue.text_columns, "image_column": catalogue.image_column,
+                        "finetuned": bool(self.options.get("finetune_encoder")), "items_file": str(catalogue.path)}
+        self._encoders = {"text_spec": text, "image_spec": image}
+        described = self._embed(catalogue)
+        self.content["dims"] = {"text": int(self._text_encoder().dim), "image": int(described.shape[1]) - int(self._text_encoder().dim)}
+        vectors = np.zeros((len(self.items), described.shape[1]), dtype=np.float32)
+        vectors[self.items.lookup(catalogue.ids)] = described
+        self._content_vectors = vectors
+        model = HybridModel(len(self.users), len(self.items), int(self.hyper["factors"]), vectors.shape[1], self.threads)
+        model.set_content(vectors, np.zeros(len(self.items), bool), np.zeros((vectors.shape[1], int(self.hyper["factors"])),
+                                                                            np.float32),
+                          np.zeros((len(self.items), int(self.hyper["factors"])), np.float32))
+        if self.content["finetuned"]:
+            encoder = self._text_encoder()
+            self.content["finetuned_part"] = encoder.train_last_layer()
+            texts = [""] * len(self.items)
+            for item, text_of_item in zip(self.items.lookup(catalogue.ids), catalogue.texts):
+                texts[item] = text_of_item
+            model.text_encoder = encoder
+            model.item_tokens = encoder.tokens([t or " " for t in texts])
+        return self._with_fold_in(model)
+
+    def _text_encoder(self) -> Any:
+        encoders = self._encoders
+        if "text" not in encoders:
+            from taskzoo_recommendation.content import load_saved_text_encoder, load_text_encoder
+
+            saved = self._model_folder / TEXT_ENCODER if self._model_folder else None
+            encoders["text"] = (load_saved_text_encoder(saved) if saved is not None and saved.is_dir()
+                                else load_text_encoder(encoders["text_spec"]))
+        return encoders["text"]
+
+    def _embed(self, catalogue: Catalogue) -> np.ndarray:
+        """Content vectors of the catalogue's items: text embedding, then image embedding if the
+        model has one (zeros where an item has no usable image)."""
+        from taskzoo_recommendation.content import embed_images, embed_texts, load_image_encoder
+
+        parts = [embed_texts(self._text_encoder(), catalogue.texts)]
+        if self.content.get("image_encoder"):
+            if catalogue.image_column is None:
+                self.context.warn(f"{catalogue.path}: no image column; the model was trained with images, so these "
+                                  "items are ranked from their text alone")
+                parts.append(np.zeros((len(catalogue), self.content["dims"]["image"]), np.float32))
+            else:
+                if "image" not in self._encoders:
+                    self._encoders["image"] = load_image_encoder(self._encoders["image_spec"])
+                parts.append(embed_images(self._encoders["image"], catalogue.images, self.context.warn))
+        return np.hstack(parts).astype(np.float32)
+
+    def _apply_items(self) -> None:
+        """``--items`` of this predict or evaluate call (the loaded model serves many calls): items
+        the model has never seen are embedded and added as cold items, kept for later calls; at
+        predict, only the file's items are ranked."""
+        given = self.options.get("items")
+        self._candidates = None
+        if not given:
+            return
+        if self.content is None:
+            raise UserError(f"--items {given}: this run was trained without --items, so it cannot rank items from "
+                            "their content; train with --items")
+        if self._applied_items is None or self._applied_items[0] != str(given):
+            self._applied_items = (str(given), self._extend_catalogue(self._model, Path(given)))
+        self._candidates = self._applied_items[1]
+
+    def _extend_catalogue(self, model: HybridModel, path: Path) -> np.ndarray:
+        catalogue = self._read_catalogue(path)
+        found = self.items.lookup(catalogue.ids)
+        new = catalogue.subset(found < 0)
+        if len(new):
+            embedded = self._embed(new)
+            model.add_items(embedded)
+            self._content_vectors = np.vstack([self._content_vectors, embedded])
+            self.items.extend(new.ids)
+            self._seen = _resize(self._seen, (self._seen.shape[0], len(self.items)))
+            self._item_groups = torch.cat([self._item_groups, torch.ones(len(new), dtype=torch.long)])
+        return self.items.lookup(catalogue.ids)
 
     def fit_before_training(self, model: torch.nn.Module, train_data: Any) -> bool:
         """Fit the implicit model on the training part (or fold new interactions into the --init model)."""
@@ -240,6 +439,9 @@ class RecommendationTask(Task):
 
         with threadpool_limits(1, user_api="blas"):
             self._fit_implicit(model, pairs, fitted, seed)
+        if isinstance(model, HybridModel):
+            self._item_groups = (~model.warm).long().cpu()
+            self.content["projection_strength"] = model.projection_strength
         return True
 
     def _fit_implicit(self, model: torch.nn.Module, pairs: Pairs, fitted: Any, seed: int) -> None:
@@ -287,28 +489,41 @@ class RecommendationTask(Task):
             raise DataError(f"{pairs.path}: every interaction in it is already in the training data; nothing to predict")
         target_matrix = targets.matrix()
         users = np.unique(targets.users)
-        collate = _EvalCollate(users, seen, target_matrix, self.k)
+        collate = _EvalCollate(users, seen, target_matrix, self.k, groups=lambda: self._item_groups)
         size = max(1, min(batch_size, SCORE_BUDGET // max(1, pairs.n_items)))
         return DataLoader(_Indices(len(users)), batch_size=size, shuffle=False, collate_fn=collate)
 
     def _triples_loader(self, pairs: Pairs, batch_size: int, seed: int) -> DataLoader:
         matrix = _resize(self._with_init_seen(pairs.matrix()), (pairs.n_users, pairs.n_items))
         self._fit_matrix = matrix
+        self._trained_by_gradient = True
         collate = _TripleCollate(pairs.users, pairs.items, matrix, seed)
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(_Indices(len(pairs)), batch_size=batch_size, shuffle=True, generator=generator,
                           collate_fn=collate)
 
     def _query_loader(self, queries: Queries, batch_size: int) -> DataLoader:
+        candidates = None if self._candidates is None else torch.as_tensor(self._candidates)
+        size = max(1, min(batch_size, SCORE_BUDGET // max(1, len(self.items))))
         if queries.kind == "items":
             items = torch.as_tensor(self.items.lookup(queries.ids))
-            size = max(1, min(batch_size, SCORE_BUDGET // max(1, len(self.items))))
             k = torch.tensor(self.k)
-            return DataLoader(_Indices(len(items)), batch_size=size,
-                              collate_fn=lambda idx: {"query_items": items[idx], "index": torch.as_tensor(idx), "top_k": k})
+
+            def similar(idx: list[int]) -> dict[str, torch.Tensor]:
+                batch = {"query_items": items[idx], "index": torch.as_tensor(idx), "top_k": k}
+                return batch if candidates is None else {**batch, "candidates": candidates}
+
+            return DataLoader(_Indices(len(items)), batch_size=size, collate_fn=similar)
         users = self.users.lookup(queries.ids)
-        collate = _EvalCollate(users, self._seen, None, self.k)
-        size = max(1, min(batch_size, SCORE_BUDGET // max(1, len(self.items))))
+        seen, rows = self._seen, None
+        if queries.liked is not None:  # histories given with the query: those users are folded in
+            import scipy.sparse as sp
+
+            folded = np.diff(queries.liked.indptr) > 0
+            users = np.where(folded, -2, users)
+            known = sp.diags((users >= 0).astype(np.float32)) @ self._seen[np.clip(users, 0, None)]
+            seen, rows = (known + _resize(queries.liked, (len(users), len(self.items)))).tocsr(), np.arange(len(users))
+        collate = _EvalCollate(users, seen, None, self.k, rows=rows, candidates=candidates)
         return DataLoader(_Indices(len(users)), batch_size=size, shuffle=False, collate_fn=collate)
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
@@ -326,8 +541,45 @@ class RecommendationTask(Task):
                     for index, items, values in zip(indices, id_lists, lists(scores))]
         popular = self._popular_unseen(batch, ids.shape[1], len(indices)).tolist()
         n_items = len(self.items)
-        return [{"index": index, "items": items, "popular": best, "n_items": n_items}
-                for index, items, best in zip(indices, id_lists, popular)]
+        found = [{"index": index, "items": items, "popular": best, "n_items": n_items}
+                 for index, items, best in zip(indices, id_lists, popular)]
+        if "warm_ids" in output and "item_group" in batch:
+            self._add_group_rankings(found, batch, output, ids.shape[1])
+        return found
+
+    def _add_group_rankings(self, found: list[dict[str, Any]], batch: Mapping[str, torch.Tensor],
+                            output: Mapping[str, torch.Tensor], k: int) -> None:
+        """Warm and cold items apart: each user's held-out items of each group, the model's ranking
+        among each group's items, and the cold items' baselines (content only, random)."""
+        from taskzoo_recommendation.content import content_profile_scores
+
+        groups = batch["item_group"].cpu()
+        cold = groups.numpy() == 1
+        for user, refs in enumerate(self.references(batch)):
+            found[user]["warm_refs"] = [i for i in refs if not cold[i]]
+            found[user]["cold_refs"] = [i for i in refs if cold[i]]
+        for name in ("warm", "cold"):
+            values = output[f"{name}_scores"].cpu().numpy()
+            for user, (row, keep) in enumerate(zip(output[f"{name}_ids"].cpu().numpy(), np.isfinite(values))):
+                found[user][name] = row[keep].tolist()
+        if not cold.any():
+            return
+        rows, cols = batch["seen_rows"].cpu(), batch["seen_cols"].cpu()
+        content = torch.as_tensor(self._content_vectors) if self._content_vectors is not None else None
+        blocked = torch.as_tensor(~cold)
+        users = len(found)
+        for name in ("content", "random"):
+            if name == "content" and content is not None:
+                scores = content_profile_scores(content, rows, cols, batch["seen_weights"].cpu(), users)
+            else:
+                seed = [int(i) for i in batch["index"].tolist()[:1]]
+                scores = torch.from_numpy(np.random.default_rng([20240501, *seed]).random((users, len(groups)),
+                                                                                          dtype=np.float32))
+            scores[rows, cols] = float("-inf")
+            scores[:, blocked] = float("-inf")
+            values, best = torch.topk(scores, min(k, int(cold.sum())), dim=1)
+            for user in range(users):
+                found[user][name] = best[user][torch.isfinite(values[user])].tolist()
 
     def _popular_unseen(self, batch: Mapping[str, torch.Tensor], k: int, users: int) -> np.ndarray:
         """The most-popular baseline's top k per user: the most popular items the user has not
@@ -373,27 +625,66 @@ class RecommendationTask(Task):
         _save_csr(folder / SEEN, self._seen)
         self.users.save(folder / "users.json")
         self.items.save(folder / "items.json")
+        if isinstance(model, HybridModel):
+            self._save_content(model, folder)
         config = {"format": 1, "kind": self.kind, "backbone": self.backbone, "implicit_class": KINDS[self.kind],
                   "hyperparameters": self.hyper, "users": len(self.users), "items": len(self.items),
                   "interactions": int(self._seen.nnz),
-                  "init": str(self._init["folder"]) if self._init else None}
+                  "init": str(self._init["folder"]) if self._init else None, "content": self.content}
         (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    def _save_content(self, model: HybridModel, folder: Path) -> None:
+        if self.content.get("finetuned"):
+            if not self._trained_by_gradient:
+                self.context.warn("--finetune-encoder: no gradient epochs ran (--epochs 0), so the text encoder was "
+                                  "not trained; give --epochs 1 or more")
+            encoder = model.text_encoder
+            encoder.network.save_pretrained(folder / TEXT_ENCODER, safe_serialization=True)
+            encoder.tokenizer.save_pretrained(folder / TEXT_ENCODER)
+        np.savez(folder / CONTENT, content=model.content.cpu().numpy(), warm=model.warm.cpu().numpy(),
+                 projection=model.projection.detach().float().cpu().numpy(),
+                 id_factors=model.id_factors.detach().float().cpu().numpy())
 
     def load(self, folder: Path) -> torch.nn.Module:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         self.kind, self.backbone, self.hyper = config["kind"], config["backbone"], config["hyperparameters"]
         self.users, self.items = IdMap.load(folder / "users.json"), IdMap.load(folder / "items.json")
         self._seen = _load_csr(folder / SEEN)
+        self._model_folder, self.content = folder, config.get("content")
+        if self.content:
+            self._model = self._load_hybrid(folder)
+            return self._model
         if self.kind in FACTOR_KINDS:
             with np.load(folder / FACTORS, allow_pickle=False) as stored:
                 model = FactorModel(len(self.users), len(self.items), stored["user_factors"].shape[1], self.threads)
                 model.set_factors(stored["user_factors"], stored["item_factors"], stored["popularity"])
-            return model
+            return self._with_fold_in(model)
         model = NeighbourModel(len(self.items))
         model.similarity = _load_csr(folder / NEIGHBOURS)
         with np.load(folder / NEIGHBOURS, allow_pickle=False) as stored:
             model.popularity = torch.as_tensor(stored["popularity"])
         return model
+
+    def _load_hybrid(self, folder: Path) -> HybridModel:
+        from taskzoo.plugins import get_host
+        from taskzoo.weights import resolve_backbone
+
+        host = get_host()
+        self._encoders = {"text_spec": resolve_backbone(host, self.name, self.content["text_encoder"], "text encoder",
+                                                        "--text-encoder")}
+        if self.content.get("image_encoder"):
+            self._encoders["image_spec"] = resolve_backbone(host, self.name, self.content["image_encoder"],
+                                                            "image encoder", "--image-encoder")
+        with np.load(folder / FACTORS, allow_pickle=False) as factors, np.load(folder / CONTENT, allow_pickle=False) as content:
+            model = HybridModel(len(self.users), len(self.items), factors["user_factors"].shape[1],
+                                content["content"].shape[1], self.threads)
+            model.set_content(content["content"], content["warm"], content["projection"], content["id_factors"])
+            with torch.no_grad():
+                model.user_factors.data = torch.as_tensor(factors["user_factors"])
+                model.popularity = torch.as_tensor(factors["popularity"])
+            self._content_vectors = content["content"]
+            self._item_groups = torch.as_tensor(~content["warm"]).long()
+        return self._with_fold_in(model)
 
     def export_graph(self, model: torch.nn.Module) -> Any:
         from taskzoo_recommendation.models import export_graph
@@ -456,8 +747,19 @@ class RecommendationTask(Task):
         k = metrics.get("k")
         lines = [f"| metric (k={k}) | {self.kind} | most popular |", "|---|---|---|"]
         lines += [f"| {name} | {metrics[name]:.4f} | {baseline[name]:.4f} |" for name in names]
+        for group, arms in (("warm", ("warm", "warm_popular")), ("cold", ("cold", "cold_content", "cold_random"))):
+            if f"{group}_users" in metrics:
+                lines += ["", f"| {group} items (k={k}, {metrics[f'{group}_users']} users) | "
+                          + " | ".join(arm.replace("_", " ") for arm in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+                lines += [f"| {name} | " + " | ".join(f"{metrics[f'{arm}_{name}_at_k']:.4f}" for arm in arms) + " |"
+                          for name in ("precision", "recall", "ndcg", "map")]
         (folder / "ranking_metrics.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return [metrics_against_baseline(metrics, baseline, names, k, self.kind, folder / "ranking_metrics.png")]
+        pictures = [metrics_against_baseline(metrics, baseline, names, k, self.kind, folder / "ranking_metrics.png")]
+        if "warm_users" in metrics or "cold_users" in metrics:
+            from taskzoo_recommendation.pictures import warm_and_cold
+
+            pictures.append(warm_and_cold(metrics, k, self.kind, folder / "warm_and_cold.png"))
+        return pictures
 
     def model_card_usage(self, run_folder: Path) -> str:
         model = run_folder / "model"
@@ -477,18 +779,24 @@ class RecommendationTask(Task):
 
 
 class _EvalCollate:
-    """Batches of users with the items to exclude (seen) and, for evaluation, the held-out items."""
+    """Batches of users with the items to exclude (seen) and, for evaluation, the held-out items.
+    ``seen`` rows are the users' own, or ``rows`` says which row of ``seen`` belongs to each query
+    (queries that bring their own history). ``candidates``: the only items to rank (predict
+    --items); ``groups()``: warm (0) or cold (1) per item, to evaluate them apart (known once the
+    model is fitted, after the loader is made)."""
 
-    def __init__(self, users: np.ndarray, seen: Any, targets: Any | None, k: int) -> None:
+    def __init__(self, users: np.ndarray, seen: Any, targets: Any | None, k: int, *, rows: np.ndarray | None = None,
+                 candidates: torch.Tensor | None = None, groups: Callable[[], torch.Tensor | None] | None = None) -> None:
         self.users, self.seen, self.targets = np.asarray(users, dtype=np.int64), seen, targets
         self.k = torch.tensor(k)
+        self.rows, self.candidates, self.groups = rows, candidates, groups
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         users = self.users[indices]
-        known = np.clip(users, 0, None)
+        known = np.clip(users, 0, None) if self.rows is None else self.rows[indices]
         seen = self.seen[known]
         seen_rows = np.repeat(np.arange(len(users)), np.diff(seen.indptr))
-        keep = users[seen_rows] >= 0  # unknown users (popular fallback) have seen nothing
+        keep = users[seen_rows] != -1  # unknown users (popular fallback) have seen nothing
         batch = {
             "users": torch.as_tensor(users),
             "index": torch.as_tensor(indices),
@@ -497,6 +805,11 @@ class _EvalCollate:
             "seen_weights": torch.as_tensor(seen.data[keep].astype(np.float32)),
             "top_k": self.k,
         }
+        if self.candidates is not None:
+            batch["candidates"] = self.candidates
+        groups = self.groups() if self.groups is not None else None
+        if groups is not None and self.targets is not None:
+            batch["item_group"] = groups
         if self.targets is not None:
             target = self.targets[users]
             batch["target_rows"] = torch.as_tensor(np.repeat(np.arange(len(users)), np.diff(target.indptr)))
