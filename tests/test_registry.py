@@ -57,6 +57,8 @@ def document():
         (lambda d: d["tasks"]["sentiment"]["backbones"][2].update(name="distilbert-base-uncased"), r"duplicate name"),
         (lambda d: d["tasks"]["sentiment"]["backbones"][1].update(colour="red"), r"unknown key\(s\) colour"),
         (lambda d: d.update(version=2), r"version: 1"),
+        (lambda d: d["tasks"]["recommendation"]["backbones"][-1].update(default=False),
+         r"exactly one image encoder backbone must be 'default: true', found 0"),
     ],
 )
 def test_malformed_entries_are_named(document, mutate, message):
@@ -95,3 +97,16 @@ def test_hub_probe_gives_up_on_a_hanging_name_lookup(monkeypatch):
     start = time.perf_counter()
     assert hub_reachable(timeout=0.5) is False
     assert time.perf_counter() - start < 2.0
+
+
+def test_a_role_keeps_a_task_s_other_models_apart_from_its_backbones():
+    host = PluginHost()
+    assert resolve_backbone(host, "recommendation", None).name == "als"
+    text = resolve_backbone(host, "recommendation", None, "text encoder")
+    assert (text.name, text.source) == ("all-minilm-l6-v2", "package")
+    assert resolve_backbone(host, "recommendation", None, "image encoder").name == "efficientnet_lite0"
+    # An encoder's name is not a --backbone: it resolves as an ad-hoc hub id there, not as the encoder.
+    assert resolve_backbone(host, "recommendation", "all-minilm-l6-v2").source == "hub"
+    assert [b.name for b in host.backbones("recommendation", "")] == ["als", "bpr", "knn-bm25", "knn-cosine", "lmf"]
+    with pytest.raises(UserError, match="--text-encoder ./nope: .*known text encoders for recommendation: all-minilm-l6-v2"):
+        resolve_backbone(host, "recommendation", "./nope", "text encoder", "--text-encoder")

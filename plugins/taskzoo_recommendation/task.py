@@ -768,7 +768,10 @@ class RecommendationTask(Task):
             f"tasks predict --model {run_folder} --user USER_ID --k 10\n"
             f"tasks predict --model {run_folder} --data users.txt --output recs.csv\n"
             f"tasks predict --model {run_folder} --similar-to ITEM_ID --k 10\n"
-            f"tasks run recommendation --data new_interactions.csv --init {run_folder}\n```\n\n"
+            + (f"tasks predict --model {run_folder} --data users.txt --items new_items.csv --k 10   # rank only these\n"
+               f"tasks predict --model {run_folder} --liked ITEM_ID,ITEM_ID --k 10                  # a visitor\n"
+               if self.content else f"tasks run recommendation --data new_interactions.csv --init {run_folder}\n")
+            + "```\n\n"
             "The files are plain arrays (no pickle): `users.json` / `items.json` map row and column numbers to "
             "your ids, `seen.npz` holds the training interactions (a CSR matrix) and `factors.npz` the factors:\n\n"
             "```python\nimport json, numpy as np\n"
