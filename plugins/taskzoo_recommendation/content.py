@@ -7,6 +7,7 @@ with be ranked, and the encoder that ``--finetune-encoder`` trains."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,29 +161,130 @@ def _bar(total: int, description: str) -> Any:
                 disable=not progress.show())
 
 
-def fit_projection(content: np.ndarray, factors: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
-    """The linear map W (content dims x factors) with content @ W closest to the items' factors,
-    ridge-regularised, each item weighted (more interactions: more trusted factors). The ridge
-    strength is chosen by leave-one-out error over a grid, in closed form from one SVD. Returns W
-    and the chosen strength."""
+RIDGE_GRID = np.logspace(-3, 1, 5)  # ridge strengths, relative to the content's mean squared singular value
+# How much the user's content profile weighs beside the projection, in units that make both
+# terms equally spread; None stands for the content profile alone.
+PROFILE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, None)
+FOLDS = 3
+
+
+def _ridge_maps(content: np.ndarray, factors: np.ndarray, weights: np.ndarray,
+                strengths: Sequence[float]) -> list[np.ndarray]:
+    """Ridge maps W (content dims x factors), content @ W closest to factors, each item weighted,
+    for every strength (relative), from one SVD."""
     scale = np.sqrt(weights.astype(np.float64))[:, None]
-    x, y = content.astype(np.float64) * scale, factors.astype(np.float64) * scale
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    uty = u.T @ y
-    best: tuple[float, float, np.ndarray] | None = None
+    u, s, vt = np.linalg.svd(content.astype(np.float64) * scale, full_matrices=False)
+    uty = u.T @ (factors.astype(np.float64) * scale)
     reference = float(np.mean(s ** 2)) if len(s) else 1.0
-    for strength in reference * np.logspace(-4, 2, 13):
-        shrink = s / (s ** 2 + strength)
-        fitted = u @ ((s * shrink)[:, None] * uty)
-        leverage = np.einsum("ij,j,ij->i", u, s * shrink, u)
-        residual = (y - fitted) / np.clip(1.0 - leverage, 1e-6, None)[:, None]
-        error = float(np.mean(residual ** 2))
-        if best is None or error < best[0]:
-            best = (error, float(strength), shrink)
-    assert best is not None
-    _, strength, shrink = best
-    projection = vt.T @ (shrink[:, None] * uty)
-    return projection.astype(np.float32), strength
+    return [(vt.T @ ((s / (s ** 2 + strength * reference))[:, None] * uty)).astype(np.float32)
+            for strength in strengths]
+
+
+def user_profiles(matrix: Any, normed_content: np.ndarray) -> np.ndarray:
+    """Each user's content profile: the weighted mean of the normalised content of their items."""
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    return (np.asarray(matrix @ normed_content) / np.maximum(totals, 1e-12)[:, None]).astype(np.float32)
+
+
+def _ndcg(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    gains = (np.take_along_axis(relevant, order, axis=1) * discounts).sum(1)
+    ideal = np.cumsum(discounts)[np.minimum(relevant.sum(1).astype(np.int64), k) - 1]
+    return float(np.mean(gains / ideal))
+
+
+PROFILE_DIMS = 64  # the content profile term works in the items' first principal components
+
+
+@dataclass
+class HybridFit:
+    """How items without interactions are scored: ``content @ projection`` against the user's
+    factors, plus ``profile_weight`` x the user's content profile against the item's content,
+    both in the principal components ``basis`` of the centred, normalised content."""
+
+    projection: np.ndarray  # content dims x factors
+    basis: np.ndarray  # content dims x profile dims
+    centre: np.ndarray  # content dims
+    profile_weight: float
+    strength: float
+    content_only: bool
+    validation: dict[str, Any]
+
+
+def normalised(content: np.ndarray) -> np.ndarray:
+    return content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
+
+
+def fit_hybrid(content: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray, matrix: Any,
+               regularization: float, alpha: float, seed: int) -> HybridFit:
+    """Choose and fit how items without interactions are scored, on the items that have them.
+
+    The described items with interactions are cut into folds; each fold in turn is treated as
+    cold: the users are re-solved without its items (as ALS solves a user with the items fixed),
+    the projection is fitted on the other items, and every (ridge strength, profile weight) ranks
+    the fold's items for the users who interacted with them. The pair with the best NDCG@10 over
+    the folds is then fitted on all of them. Content alone (the profile only) is among the choices,
+    so the model is not meant to rank cold items worse than plain content similarity."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    counts = np.diff(matrix.tocsc().indptr)
+    usable = np.flatnonzero((counts > 0) & (np.abs(content).sum(1) > 0))
+    normed = normalised(content)
+    centre = normed[usable].mean(0)
+    _, _, vt = np.linalg.svd(normed[usable] - centre, full_matrices=False)
+    basis = np.zeros((content.shape[1], PROFILE_DIMS), dtype=np.float32)  # fixed width: zero columns add nothing
+    basis[:, : min(PROFILE_DIMS, len(vt))] = vt[:PROFILE_DIMS].T
+    reduced = (normed - centre) @ basis
+    folds = np.array_split(np.random.default_rng(seed).permutation(len(usable)), FOLDS) if len(usable) >= 30 else []
+    totals = np.zeros((len(RIDGE_GRID), len(PROFILE_GRID)))
+    evaluated = 0
+    for fold in folds:
+        held = usable[fold]
+        kept = np.setdiff1d(usable, held)
+        hidden = np.zeros(len(content), dtype=bool)
+        hidden[held] = True
+        visible = (matrix @ sp.diags((~hidden).astype(np.float32))).tocsr()
+        visible.eliminate_zeros()
+        targets = (matrix[:, held] > 0).toarray()
+        users = np.flatnonzero(targets.any(1) & (np.diff(visible.indptr) > 0))
+        if not len(users):
+            continue
+        solver = AlternatingLeastSquares(factors=user_factors.shape[1], regularization=regularization, alpha=alpha,
+                                         num_threads=1)
+        solver.item_factors = np.ascontiguousarray(np.where(hidden[:, None], 0.0, item_factors), dtype=np.float32)
+        refitted = solver.recalculate_user(users, visible[users])
+        content_part = (user_profiles(visible[users], normed) @ basis) @ reduced[held].T
+        spread_content = float(content_part.std()) or 1.0
+        relevant = targets[users].astype(np.float64)
+        for row, projection in enumerate(_ridge_maps(content[kept], item_factors[kept], np.log1p(counts[kept]),
+                                                     RIDGE_GRID)):
+            factor_part = refitted @ (content[held] @ projection).T
+            spread = float(factor_part.std()) or 1.0
+            for column, weight in enumerate(PROFILE_GRID):
+                scores = content_part if weight is None else factor_part + weight * spread / spread_content * content_part
+                totals[row, column] += _ndcg(scores, relevant) * len(users)
+        evaluated += len(users)
+    if evaluated:
+        row, column = np.unravel_index(int(np.argmax(totals)), totals.shape)
+        ndcg = totals / evaluated
+        validation = {"folds": len(folds), "users": evaluated, "ndcg_at_10": round(float(ndcg[row, column]), 4),
+                      "projection_only_ndcg_at_10": round(float(ndcg[:, 0].max()), 4),
+                      "content_only_ndcg_at_10": round(float(ndcg[0, -1]), 4)}
+    else:  # too few items to validate on: the projection alone, moderately regularised
+        row, column, validation = 2, 0, {"folds": 0}
+    weight = PROFILE_GRID[column]
+    projection = _ridge_maps(content[usable], item_factors[usable], np.log1p(counts[usable]), [RIDGE_GRID[row]])[0]
+    factor_part = user_factors @ (content[usable] @ projection).T
+    content_part = (user_profiles(matrix, normed) @ basis) @ reduced[usable].T
+    ratio = (float(factor_part.std()) or 1.0) / (float(content_part.std()) or 1.0)
+    return HybridFit(projection=np.zeros_like(projection) if weight is None else projection, basis=basis,
+                     centre=centre.astype(np.float32), profile_weight=float(ratio * (1.0 if weight is None else weight)),
+                     strength=float(RIDGE_GRID[row]), content_only=weight is None, validation=validation)
 
 
 def content_profile_scores(content: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ WEIGHT_COLUMNS = ("weight", "rating", "ratings", "count", "counts", "plays", "pl
 TIME_COLUMNS = ("timestamp", "time", "ts", "date", "datetime", "event_time", "created_at", "time_stamp",
                 "unix_timestamp")
 PARQUET = (".parquet", ".pq")
+RECBOLE_TYPE = re.compile(r":(token|token_seq|float|float_seq)$")
 
 
 @dataclass
@@ -187,7 +189,8 @@ def read_frame(path: Path, id_columns: Sequence[str | None] = ()) -> tuple[Any, 
     # Ids are text ('007' is not '7'); other columns are parsed as numbers by the C parser (fast),
     # falling back to text that `_numbers` checks cell by cell.
     named = {c.lower() for c in id_columns if c} | set(USER_COLUMNS) | set(ITEM_COLUMNS)
-    text_columns = [0, 1] if headerless else [c for c in cells if c.lower() in named or c in id_columns]
+    text_columns = [0, 1] if headerless else [c for c in cells if plain_column_name(c).lower() in named
+                                              or plain_column_name(c) in id_columns]
     try:
         frame = pd.read_csv(io.StringIO(text), sep=separator, dtype={c: str for c in text_columns},
                             keep_default_na=False, index_col=False, header=None if headerless else 0, engine="c",
@@ -204,8 +207,14 @@ def read_frame(path: Path, id_columns: Sequence[str | None] = ()) -> tuple[Any, 
             raise DataError(f"{path}: {frame.shape[1]} columns and no header; expected user, item[, weight][, timestamp] "
                             "or a header row naming the columns")
         frame.columns = names[: frame.shape[1]]
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [plain_column_name(c) for c in frame.columns]
     return frame, headerless
+
+
+def plain_column_name(name: Any) -> str:
+    """The column's name without RecBole's type suffix (``user_id:token`` is ``user_id``), so its
+    atomic files (``.inter``, ``.item``) are read as they are published."""
+    return RECBOLE_TYPE.sub("", str(name).strip())
 
 
 def _numbers(path: Path, frame: Any, column: str, what: str) -> np.ndarray:

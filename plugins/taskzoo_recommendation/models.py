@@ -132,13 +132,19 @@ class FactorModel(torch.nn.Module):
         """The batch's users' vectors: trained ones, or folded in from the items they liked
         (users marked -2: ``--liked`` or a history of a user the model has not seen)."""
         users = batch["users"]
-        vectors = self.user_factors[users.clamp(min=0)]
+        vectors = self.stored_user_vectors(users.clamp(min=0))
         folded = users == -2
         if folded.any():
             vectors = vectors.clone()
-            vectors[folded] = fold_in_users(items, batch["seen_rows"], batch["seen_cols"], batch["seen_weights"],
-                                            len(users), self.regularization, self.alpha)[folded]
+            vectors[folded] = self.fold_in(batch, items, len(users))[folded]
         return vectors
+
+    def stored_user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_factors[users]
+
+    def fold_in(self, batch: Mapping[str, torch.Tensor], items: torch.Tensor, users: int) -> torch.Tensor:
+        return fold_in_users(items, batch["seen_rows"], batch["seen_cols"], batch["seen_weights"], users,
+                             self.regularization, self.alpha)
 
     def group_rankings(self, vectors: torch.Tensor, items: torch.Tensor, k: int,
                        batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,52 +162,68 @@ class FactorModel(torch.nn.Module):
 
 
 class HybridModel(FactorModel):
-    """Items described by content as well as by interactions (``--items``): an item's vector is its
-    content embedding projected into the users' space plus a learned id vector where the item has
-    interactions. Fitted as ALS plus a ridge projection, the id vector makes a warm item's vector
-    exactly its ALS factors (warm items lose nothing) and a cold item's is its projected content.
-    Gradient epochs (BPR) train the projection, the id vectors and the users together, dropping
-    items' id vectors at random so the projection learns to rank items from content alone."""
+    """Items described by content as well as by interactions (``--items``).
+
+    An item's vector has two blocks. The first is its content embedding projected into the users'
+    factor space plus a learned id vector where the item has interactions; the second, for items
+    without interactions only, is its content in the catalogue's principal components. A user's
+    vector is their factors beside ``profile_weight`` x their content profile (the mean content of
+    the items they interacted with) in the same components. Fitted after ALS (`fit_hybrid`: the
+    projection by ridge regression, the profile weight chosen on items held out as if cold), the
+    id vector makes a warm item's score exactly its ALS score (warm items lose nothing) and a cold
+    item's score comes from its content. Gradient epochs (BPR) train the projection, the id
+    vectors and the users' factors together, dropping items' id vectors at random so the
+    projection learns to rank items from content alone."""
 
     def __init__(self, n_users: int, n_items: int, factors: int, content_dim: int, threads: int = 0,
-                 id_dropout: float = 0.5) -> None:
+                 profile_dims: int = 64, id_dropout: float = 0.5) -> None:
         super().__init__(n_users, n_items, factors, threads, item_factors=False)
         self.projection = torch.nn.Parameter(torch.zeros(content_dim, factors))
         self.id_factors = torch.nn.Parameter(torch.zeros(n_items, factors))
         self.register_buffer("content", torch.zeros(n_items, content_dim))
         self.register_buffer("warm", torch.zeros(n_items, dtype=torch.bool))
+        self.register_buffer("basis", torch.zeros(content_dim, profile_dims))
+        self.register_buffer("centre", torch.zeros(content_dim))
+        self.register_buffer("profile_weight", torch.zeros(()))
+        self.register_buffer("user_profiles", torch.zeros(n_users, profile_dims))
         self.id_dropout = id_dropout
         self.text_encoder: Any = None  # set by --finetune-encoder: the text part of content trains too
         self.item_tokens: dict[str, torch.Tensor] = {}
-        self.projection_strength = 0.0  # the ridge strength the projection was fitted with
+        self.fit_report: dict[str, Any] = {}
 
-    def set_content(self, content: np.ndarray, warm: np.ndarray, projection: np.ndarray, id_factors: np.ndarray) -> None:
+    def set_content(self, content: np.ndarray, warm: np.ndarray, projection: np.ndarray, id_factors: np.ndarray,
+                    **profile: np.ndarray) -> None:
+        """Load the content part; ``profile`` holds basis, centre, profile_weight and user_profiles."""
         with torch.no_grad():
             device = self.projection.device
-            self.content = torch.as_tensor(np.ascontiguousarray(content), dtype=torch.float32, device=device)
-            self.warm = torch.as_tensor(warm, dtype=torch.bool, device=device)
-            self.projection.data = torch.as_tensor(projection, dtype=torch.float32, device=device)
-            self.id_factors.data = torch.as_tensor(np.ascontiguousarray(id_factors), dtype=torch.float32, device=device)
+            tensor = lambda array: torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)  # noqa: E731
+            self.content, self.warm = tensor(content), torch.as_tensor(warm, dtype=torch.bool, device=device)
+            self.projection.data, self.id_factors.data = tensor(projection), tensor(id_factors)
+            for name, value in profile.items():
+                setattr(self, name, tensor(value))
 
-    def set_factors(self, user_factors: np.ndarray, item_factors: np.ndarray, popularity: np.ndarray) -> None:
-        """Take ALS's (or BPR's) factors: fit the content projection on the described items with
-        interactions, and give those items the id vector that makes their vector their factors."""
-        from taskzoo_recommendation.content import fit_projection
+    def fit_hybrid(self, user_factors: np.ndarray, item_factors: np.ndarray, popularity: np.ndarray, matrix: Any,
+                   regularization: float, alpha: float, seed: int) -> None:
+        """Take ALS's (or BPR's) factors and fit the content part (`fit_hybrid`); the warm items'
+        id vectors make their vectors their factors."""
+        from taskzoo_recommendation.content import fit_hybrid, normalised, user_profiles
 
         content = self.content.cpu().numpy()
         warm = np.asarray(popularity) > 0
-        usable = warm & (np.abs(content).sum(1) > 0)
-        if usable.sum() < 2:
+        if (warm & (np.abs(content).sum(1) > 0)).sum() < 2:
             raise UserError("--items: fewer than two described items have interactions in the training part, so "
                             "nothing links content to behaviour; describe the items of the interactions in --items")
-        projection, self.projection_strength = fit_projection(content[usable], item_factors[usable],
-                                                              np.log1p(np.asarray(popularity)[usable]))
-        ids = np.where(warm[:, None], item_factors - content @ projection, 0.0).astype(np.float32)
+        fit = fit_hybrid(content, user_factors, item_factors, matrix, regularization, alpha, seed)
+        ids = np.where(warm[:, None], item_factors - content @ fit.projection, 0.0).astype(np.float32)
         with torch.no_grad():
             self.user_factors.data = torch.as_tensor(np.ascontiguousarray(user_factors), dtype=torch.float32,
                                                      device=self.user_factors.device)
             self.popularity = torch.as_tensor(popularity, dtype=torch.float32, device=self.popularity.device)
-        self.set_content(content, warm, projection, ids)
+        self.set_content(content, warm, fit.projection, ids, basis=fit.basis, centre=fit.centre,
+                         profile_weight=np.float32(fit.profile_weight),
+                         user_profiles=user_profiles(matrix, normalised(content)) @ fit.basis)
+        self.fit_report = {"ridge_strength": fit.strength, "profile_weight": round(fit.profile_weight, 6),
+                           "content_only": fit.content_only, "validation": fit.validation}
 
     def train(self, mode: bool = True) -> HybridModel:
         # The encoder being fine-tuned changes every item's text embedding: refresh them for scoring.
@@ -233,15 +255,33 @@ class HybridModel(FactorModel):
             self.id_factors.data = torch.cat([self.id_factors.data, self.id_factors.new_zeros(len(extra), self.id_factors.shape[1])])
             self.popularity = torch.cat([self.popularity, self.popularity.new_zeros(len(extra))])
 
+    @property
+    def factors(self) -> int:
+        return self.user_factors.shape[1]
+
+    def content_profile(self, content: torch.Tensor) -> torch.Tensor:
+        """Content in the principal components of the catalogue's centred, normalised content."""
+        return (torch.nn.functional.normalize(content, dim=-1) - self.centre) @ self.basis
+
     def item_vectors(self, items: torch.Tensor | None = None, drop_ids: bool = False) -> torch.Tensor:
         content = self.content if items is None else self.content[items]
         if self.text_encoder is not None and self.training and items is not None:
             content = self._encoded_content(items, content)
         ids = self.id_factors if items is None else self.id_factors[items]
         warm = (self.warm if items is None else self.warm[items]).to(ids.dtype)[:, None]
-        if drop_ids:
-            warm = warm * (torch.rand_like(warm) >= self.id_dropout).to(warm.dtype)
-        return content @ self.projection + warm * ids
+        kept = warm * (torch.rand_like(warm) >= self.id_dropout).to(warm.dtype) if drop_ids else warm
+        return torch.cat([content @ self.projection + kept * ids, (1 - kept) * self.content_profile(content)], dim=1)
+
+    def stored_user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.user_factors[users], self.profile_weight * self.user_profiles[users]], dim=1)
+
+    def fold_in(self, batch: Mapping[str, torch.Tensor], items: torch.Tensor, users: int) -> torch.Tensor:
+        rows, cols, weights = batch["seen_rows"], batch["seen_cols"], batch["seen_weights"]
+        factors = fold_in_users(items[:, : self.factors], rows, cols, weights, users, self.regularization, self.alpha)
+        profile = torch.zeros(users, self.basis.shape[0], dtype=items.dtype, device=items.device)
+        profile.index_add_(0, rows, torch.nn.functional.normalize(self.content[cols], dim=-1) * weights[:, None])
+        profile = profile / weights.new_zeros(users).index_add_(0, rows, weights).clamp(min=1e-12)[:, None]
+        return torch.cat([factors, self.profile_weight * (profile @ self.basis)], dim=1)
 
     def _encoded_content(self, items: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         """The text part of the items' content from the encoder being fine-tuned (the picture part stays)."""
@@ -252,7 +292,7 @@ class HybridModel(FactorModel):
         return torch.cat([text.to(content.dtype), content[:, text.shape[1]:]], dim=1)
 
     def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return (self.user_factors[users] * self.item_vectors(items, drop_ids=self.training)).sum(-1)
+        return (self.stored_user_vectors(users) * self.item_vectors(items, drop_ids=self.training)).sum(-1)
 
     @property
     def item_factors(self) -> torch.Tensor:  # implicit's name, for saving and exporting the combined vectors
@@ -320,7 +360,7 @@ class _FactorScores(torch.nn.Module):
 
     def forward(self, users: torch.Tensor, query_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         items = self.model.item_vectors()
-        scores = self.model.user_factors[users.clamp(min=0)] @ items.T
+        scores = self.model.stored_user_vectors(users.clamp(min=0)) @ items.T
         return scores, self.model.similarity(query_items, items)
 
 

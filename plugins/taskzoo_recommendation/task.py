@@ -441,7 +441,7 @@ class RecommendationTask(Task):
             self._fit_implicit(model, pairs, fitted, seed)
         if isinstance(model, HybridModel):
             self._item_groups = (~model.warm).long().cpu()
-            self.content["projection_strength"] = model.projection_strength
+            self.content["cold_scoring"] = model.fit_report
         return True
 
     def _fit_implicit(self, model: torch.nn.Module, pairs: Pairs, fitted: Any, seed: int) -> None:
@@ -463,7 +463,11 @@ class RecommendationTask(Task):
             recommender = make_implicit(self.kind, self.hyper, seed=seed, threads=self.threads)
             recommender.fit(fitted, show_progress=progress.show())
             user_factors, item_factors = factors_of(recommender)
-        model.set_factors(user_factors, item_factors, _popularity(fitted))
+        if isinstance(model, HybridModel):
+            model.fit_hybrid(user_factors, item_factors, _popularity(fitted), fitted, model.regularization, model.alpha,
+                             seed)
+        else:
+            model.set_factors(user_factors, item_factors, _popularity(fitted))
 
     @property
     def labels_of_model(self) -> list[str]:
@@ -615,7 +619,8 @@ class RecommendationTask(Task):
         folder.mkdir(parents=True, exist_ok=True)
         if isinstance(model, FactorModel):
             # implicit's own ALS .npz layout: AlternatingLeastSquares.load(path) reads it.
-            np.savez(folder / FACTORS, user_factors=model.user_factors.detach().float().cpu().numpy(),
+            users = torch.arange(len(self.users), device=model.user_factors.device)
+            np.savez(folder / FACTORS, user_factors=model.stored_user_vectors(users).detach().float().cpu().numpy(),
                      item_factors=model.item_factors.detach().float().cpu().numpy(),
                      popularity=model.popularity.cpu().numpy())
         else:
@@ -641,9 +646,9 @@ class RecommendationTask(Task):
             encoder = model.text_encoder
             encoder.network.save_pretrained(folder / TEXT_ENCODER, safe_serialization=True)
             encoder.tokenizer.save_pretrained(folder / TEXT_ENCODER)
-        np.savez(folder / CONTENT, content=model.content.cpu().numpy(), warm=model.warm.cpu().numpy(),
-                 projection=model.projection.detach().float().cpu().numpy(),
-                 id_factors=model.id_factors.detach().float().cpu().numpy())
+        arrays = {name: getattr(model, name).detach().float().cpu().numpy()
+                  for name in ("content", "projection", "id_factors", "basis", "centre", "profile_weight", "user_profiles")}
+        np.savez(folder / CONTENT, warm=model.warm.cpu().numpy(), **arrays)
 
     def load(self, folder: Path) -> torch.nn.Module:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
@@ -676,11 +681,14 @@ class RecommendationTask(Task):
             self._encoders["image_spec"] = resolve_backbone(host, self.name, self.content["image_encoder"],
                                                             "image encoder", "--image-encoder")
         with np.load(folder / FACTORS, allow_pickle=False) as factors, np.load(folder / CONTENT, allow_pickle=False) as content:
-            model = HybridModel(len(self.users), len(self.items), factors["user_factors"].shape[1],
-                                content["content"].shape[1], self.threads)
-            model.set_content(content["content"], content["warm"], content["projection"], content["id_factors"])
+            rank = content["projection"].shape[1]
+            model = HybridModel(len(self.users), len(self.items), rank, content["content"].shape[1], self.threads,
+                                profile_dims=content["basis"].shape[1])
+            model.set_content(content["content"], content["warm"], content["projection"], content["id_factors"],
+                              **{name: content[name] for name in ("basis", "centre", "profile_weight", "user_profiles")})
             with torch.no_grad():
-                model.user_factors.data = torch.as_tensor(factors["user_factors"])
+                # factors.npz holds the users' whole vectors (implicit's layout); the factors come first.
+                model.user_factors.data = torch.as_tensor(np.ascontiguousarray(factors["user_factors"][:, :rank]))
                 model.popularity = torch.as_tensor(factors["popularity"])
             self._content_vectors = content["content"]
             self._item_groups = torch.as_tensor(~content["warm"]).long()
