@@ -259,3 +259,18 @@ def test_content_options_without_content_are_refused(topics, tmp_path, runner):
     # A plain ALS run folds a visitor in too, from warm items.
     out = tasks(runner, "predict", "--model", tmp_path / "plain", "--liked", "coo01,coo02", "--k", "3")
     assert all(line.split("\t")[1].startswith("coo") for line in out.strip().splitlines()[1:])
+
+
+def test_the_server_folds_in_liked_items_and_never_reads_a_file_a_request_names(topics):
+    import taskzoo
+    from taskzoo import serving
+    from taskzoo.testing import http, http_json
+
+    run = taskzoo.load(topics / "run")
+    with serving.background(serving.create_app(run.folder, device="cpu")) as url:
+        answer = http_json(f"{url}/predict", {"liked": ["ast20", "ast21"], "k": 3})["predictions"]
+        assert answer == run.predict(liked=["ast20,ast21"], k=3, device="cpu")
+        assert [row["user"] for row in answer] == ["visitor"] * 3 and all(r["item"].startswith("ast") for r in answer)
+        status, refused = http(f"{url}/predict", {"inputs": ["u1"], "items": str(topics / "items.csv")})
+        assert status == 422 and refused["field"] == "items" and "unknown field 'items'" in refused["error"]
+        assert http_json(f"{url}/health", None)["status"] == "ok"

@@ -89,9 +89,10 @@ class Predictor:
         self.spec = get_host().task(self.run.task)
         self.inline = _inline_option(self.spec)
         self.images = bool(task_class(self.spec).input_images)
-        # A request may set the task's own predict options, except the inline input, which is "inputs".
+        # A request may set the task's own predict options, except the inline input, which is "inputs",
+        # and options naming files on the server.
         self.options = {option.key: option for option in self.spec.options
-                        if "predict" in option.commands and option.key != self.inline}
+                        if "predict" in option.commands and option.key != self.inline and not option.path}
         self._lock = threading.Lock()
         with self._lock:  # the model is loaded now, not on the first request
             self.run._load("predict", {"device": settings.device, "runtime": settings.runtime})

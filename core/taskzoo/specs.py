@@ -25,7 +25,8 @@ class Option:
     ``predict`` accept it. ``remember``: a run's value is used again by ``evaluate`` and
     ``predict``. ``minimum``/``maximum`` (inclusive) and ``above``/``below`` (exclusive) bound a
     number; a value outside them is refused with one line naming the flag, from the command
-    line, a config file or Python alike.
+    line, a config file or Python alike. ``path``: the value names a file on the machine that runs
+    the command, so ``tasks serve`` never takes it from a request.
     """
 
     name: str
@@ -40,6 +41,7 @@ class Option:
     maximum: float | None = None
     above: float | None = None
     below: float | None = None
+    path: bool = False
 
     @property
     def key(self) -> str:

@@ -33,7 +33,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
                           SearchParam("arch", choices=("fasterrcnn", "fcos", "retinanet"))),
             options=(
                 Option("images", "Folder that a COCO file's file_name entries are relative to (default: beside the file, "
-                       "or its images/).", commands=("run", "check", "evaluate", "predict"), remember=False),
+                       "or its images/).", commands=("run", "check", "evaluate", "predict"), remember=False, path=True),
                 Option("val-images", "Image folder for --val when it differs from --images.", remember=False),
                 Option("arch", "Detector for timm backbones (transformers checkpoints bring their own).",
                        choices=("fasterrcnn", "fcos", "retinanet"), default="fasterrcnn", commands=("run",)),

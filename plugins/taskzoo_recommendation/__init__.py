@@ -68,7 +68,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("items", "Items file (CSV, TSV, JSON Lines, Parquet): an id column, text columns and "
                        "optionally an image column (paths relative to the file). Items with no interactions are "
                        "ranked from their content. At predict: rank only these items (new ones included); at "
-                       "evaluate: add these items to the catalogue.", commands=COLUMN_COMMANDS, remember=False),
+                       "evaluate: add these items to the catalogue.", commands=COLUMN_COMMANDS, remember=False, path=True),
                 Option("text-columns", "Columns of --items that describe an item, comma-separated (default: "
                        "every text column but the id and image).", commands=COLUMN_COMMANDS),
                 Option("image-column", "Column of --items with image paths (default: image, photo, poster...; "
@@ -80,9 +80,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("finetune-encoder", "With --items and --epochs: also train the last layer of the text "
                        "encoder (saved in the run) instead of keeping its embeddings fixed.", type=bool,
                        default=False, commands=("run",)),
-                Option("liked", "Recommend for a visitor with no history from the items they liked, comma-separated "
-                       "ids (folded in as ALS solves a user; items may be cold).", commands=("predict",),
-                       remember=False),
+                Option("liked", "Recommend for a visitor with no history from the items they liked: ids, "
+                       "comma-separated or repeated (folded in as ALS solves a user; items may be cold).",
+                       multiple=True, commands=("predict",), remember=False),
                 Option("popular-fallback", "Give users never seen in training the most popular items instead of "
                        "an error.", type=bool, default=False, commands=("predict",), remember=False),
             ),
@@ -122,6 +122,8 @@ def taskzoo_metrics() -> list[MetricSpec]:
                    description="Share of the catalogue in at least one evaluated user's top k."),
         *(MetricSpec(name, (TASK,), compute, description=description)
           for name, compute, description in metrics.group_metrics()),
+        MetricSpec("recall_by_k", (TASK,), metrics.recall_by_k,
+                   description="Recall at 1..k of the model and its baselines (warm and cold apart), for recall_at_k.png."),
         MetricSpec("k", (TASK,), metrics.k, description="The k of the metrics."),
         MetricSpec("evaluated_users", (TASK,), metrics.evaluated_users, description="Users with held-out items."),
     ]

@@ -185,3 +185,31 @@ def k(predictions: Sequence[Any], references: Sequence[Any], context: MetricCont
 
 def evaluated_users(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> int:
     return len(predictions)
+
+
+def _recall_curve(lists: Sequence[Sequence[int]], references: Sequence[Sequence[int]], k: int) -> list[float]:
+    """Recall at 1..k of top-k ``lists`` (prefixes of the same rankings)."""
+    hits = np.zeros((len(lists), k))
+    for row, (found, held) in enumerate(zip(lists, references)):
+        held = set(held)
+        hits[row, : len(found)] = [item in held for item in found[:k]]
+    sizes = np.maximum([len(r) for r in references], 1)[:, None]
+    return np.round((np.cumsum(hits, axis=1) / sizes).mean(0), 6).tolist()
+
+
+def recall_by_k(predictions: Sequence[Any], references: Sequence[Any], context: MetricContext) -> dict[str, Any] | None:
+    """Recall at every k up to the evaluation's, for the model and each baseline (warm and cold
+    items apart when they were scored apart): the curves of ``recall_at_k.png``."""
+    if not predictions:
+        return None
+    k = len(predictions[0]["items"])
+    curves: dict[str, Any] = {"k": list(range(1, k + 1)),
+                              "model": _recall_curve([p["items"] for p in predictions], references, k),
+                              "popular": _recall_curve([p["popular"] for p in predictions], references, k)}
+    for group, rankings in GROUP_RANKINGS.items():
+        chosen = [p for p in predictions if p.get(f"{group}_refs")]
+        if chosen and group in chosen[0]:
+            for key, arm in rankings.items():
+                name = group if arm == "model" else f"{group}_{arm}"
+                curves[name] = _recall_curve([p[key] for p in chosen], [p[f"{group}_refs"] for p in chosen], k)
+    return curves

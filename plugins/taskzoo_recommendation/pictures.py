@@ -73,3 +73,32 @@ def warm_and_cold(metrics: Mapping[str, Any], k: Any, model_name: str, output: P
     coverage.set_title("catalogue\nrecommended", fontsize=10)
     figure.tight_layout()
     return save_figure(figure, output, dpi=110)
+
+
+CURVES = {"model": ("all items", "#2b6cb0", "-"), "popular": ("all items, most popular", "#a0aec0", "-"),
+          "warm": ("warm items", "#2b6cb0", "--"), "warm_popular": ("warm items, most popular", "#a0aec0", "--"),
+          "cold": ("cold items", "#2f855a", "-"), "cold_content": ("cold items, content similarity", "#d69e2e", "-"),
+          "cold_random": ("cold items, random", "#718096", ":")}
+
+
+def recall_curves(curves: Mapping[str, Any], model_name: str, output: Path) -> Path:
+    """Recall at every k up to the evaluation's: how far down the list the held-out items sit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for name, (label, colour, style) in CURVES.items():
+        if name in curves:
+            axis.plot(curves["k"], curves[name], style, color=colour, marker="o", markersize=3,
+                      label=label.replace("all items", model_name) if name == "model" else label)
+    axis.set_xlabel("k (recommendations shown)")
+    axis.set_ylabel("recall at k")
+    axis.set_xticks(curves["k"])
+    axis.set_ylim(0, None)
+    axis.grid(alpha=0.3)
+    axis.set_title("Share of each user's held-out items in their top k")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return save_figure(figure, output, dpi=110)

@@ -138,10 +138,12 @@ class RecommendationTask(Task):
     def inputs_from_options(self) -> Queries | None:
         self._apply_items()
         users, similar = self.options.get("user") or [], self.options.get("similar_to") or []
-        liked = [i.strip() for i in str(self.options.get("liked") or "").split(",") if i.strip()]
+        given = self.options.get("liked") or []
+        liked = [i.strip() for value in ([given] if isinstance(given, str) else given)
+                 for i in str(value).split(",") if i.strip()]
         if sum(map(bool, (users, similar, liked))) > 1:
             raise UserError("give one of --user, --similar-to and --liked")
-        if self.options.get("liked") is not None and not liked:
+        if given and not liked:
             raise UserError("--liked: expected item ids separated by commas, e.g. --liked 123,456")
         if liked:
             return self._liked_queries(liked)
@@ -767,6 +769,10 @@ class RecommendationTask(Task):
             from taskzoo_recommendation.pictures import warm_and_cold
 
             pictures.append(warm_and_cold(metrics, k, self.kind, folder / "warm_and_cold.png"))
+        if isinstance(metrics.get("recall_by_k"), Mapping) and len(metrics["recall_by_k"]["k"]) > 1:
+            from taskzoo_recommendation.pictures import recall_curves
+
+            pictures.append(recall_curves(metrics["recall_by_k"], self.kind, folder / "recall_at_k.png"))
         return pictures
 
     def model_card_usage(self, run_folder: Path) -> str:

@@ -35,7 +35,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("image-size", "Side of the square the images are resized to.", type=int, default=224,
                        commands=("run",)),
                 Option("image", "An image file to classify; repeat for several.", multiple=True,
-                       commands=("predict",), remember=False),
+                       commands=("predict",), remember=False, path=True),
             ),
             # 12 + 12 crops of scikit-image's coins photograph (make_sample.py), 48 x 48 pixels.
             sample=SampleData(
