@@ -21,6 +21,7 @@ from taskzoo import options as schema
 from taskzoo import progress as _progress
 from taskzoo.errors import UserError
 from taskzoo.plugins import get_host
+from taskzoo.storage import location
 from taskzoo.specs import Finding
 
 PathArg = str | PathLike
@@ -102,7 +103,7 @@ class Run:
                                    "runtime": runtime or self.runtime, **task_options}.items() if v is not None}
         path: Path | None = None
         if isinstance(data, (str, PathLike)):
-            path = Path(data)
+            path = location(data)
         elif data is not None:
             if not isinstance(data, (list, tuple)) or not all(isinstance(item, str) for item in data):
                 raise UserError(f"data: expected a path or a list of strings, got {type(data).__name__}")
@@ -127,7 +128,7 @@ class Run:
                                    "runtime": runtime or self.runtime, **task_options}.items() if v is not None}
         with _progress.shown(self.progress):
             loaded = self._load("evaluate", given)
-            return pipeline.evaluate(self.folder, Path(data), given, _warn, loaded=loaded).metrics
+            return pipeline.evaluate(self.folder, location(data), given, _warn, loaded=loaded).metrics
 
     def export(self, output: PathArg | None = None, *, data: PathArg | None = None, opset: int | None = None,
                quantize: str | None = None, tolerance: float | None = None,

@@ -20,6 +20,7 @@ import taskzoo
 from taskzoo import options as schema
 from taskzoo.errors import ParityError, RunInterrupted, UserError
 from taskzoo.plugins import get_host
+from taskzoo.storage import location
 from taskzoo.specs import Option, TaskSpec, format_metric
 
 
@@ -419,7 +420,7 @@ def _evaluate(**params: Any) -> None:
     model, data, as_json = given.pop("model", None), given.pop("data", None), given.pop("json", False)
     if model is None or data is None:
         raise click.UsageError("--model RUN and --data FILE are both required")
-    result = pipeline.evaluate(Path(model), Path(data), given, _warnings_only)
+    result = pipeline.evaluate(Path(model), location(data), given, _warnings_only)
     if as_json:
         _echo_json(result.metrics)
         return
@@ -438,7 +439,7 @@ def _predict(**params: Any) -> None:
     model, data, as_json = given.pop("model", None), given.pop("data", None), given.pop("json", False)
     if model is None:
         raise click.UsageError("--model RUN is required")
-    result = pipeline.predict(Path(model), Path(data) if data else None, given, as_text=not as_json,
+    result = pipeline.predict(Path(model), location(data) if data else None, given, as_text=not as_json,
                               keep_records=as_json, notify=_aside)
     if as_json:
         for record in result.records:

@@ -257,7 +257,7 @@ def parity_data(loaded: Loaded, data: Path | None, notify: Notify) -> tuple[Any,
 
     task, labels, config = loaded.task, loaded.task.labels_of_model, loaded.config
     if data is not None:
-        return read_checked(task, Path(data), "test", notify, labels=labels), str(data)
+        return read_checked(task, data, "test", notify, labels=labels), str(data)
     # Absolute as the run resolved them, so an export works from any folder; as typed for messages.
     paths = {**{k: config[k] for k in ("data", "val") if config.get(k)}, **(config.get("resolved") or {}).get("paths", {})}
     source = paths.get("val") or paths.get("data")

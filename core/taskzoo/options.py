@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from taskzoo.storage import location
 from taskzoo.errors import UserError
 from taskzoo.export import DEFAULT_OPSET, QUANTIZE
 from taskzoo.specs import Option, TaskSpec
@@ -213,7 +214,7 @@ def _one(option: Option, value: Any) -> Any:
     elif option.type is Path:
         if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
             raise UserError(f"{where}: expected a path, got {value!r}")
-        value = Path(value)
+        value = location(value)
     else:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise UserError(f"{where}: expected {_kind(option)}, got {value!r}")

@@ -44,6 +44,7 @@ from taskzoo import run_folders, tracking
 from taskzoo.errors import RunInterrupted, UserError
 from taskzoo.plugins import PluginHost, get_host
 from taskzoo.specs import BackboneSpec, Finding, TaskSpec
+from taskzoo.storage import fetch, is_url, writable
 from taskzoo.task import FinishedRun, Task, TaskContext, task_class
 from taskzoo.version import __version__
 
@@ -75,7 +76,15 @@ def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost 
         finished_run=finished_run,
         **({"warn": lambda message: notify("warning", message)} if notify else {}),
     )
-    return task_class(spec)(spec, dict(task_options), context)
+    return task_class(spec)(spec, fetched(spec, task_options), context)
+
+
+def fetched(spec: TaskSpec, task_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's options with those that name files (``Option.path``) read from where they are:
+    a URL becomes the path of its local copy."""
+    paths = {option.key for option in spec.options if option.path}
+    return {key: (fetch(value) if key in paths and value is not None and is_url(value) else value)
+            for key, value in task_options.items()}
 
 
 def findings_or_error(findings: Sequence[Finding], notify: Notify) -> None:
@@ -90,7 +99,7 @@ def findings_or_error(findings: Sequence[Finding], notify: Notify) -> None:
 
 
 def read_checked(task: Task, path: Path, role: str, notify: Notify, labels: Sequence[str] | None = None) -> Any:
-    data = task.read(Path(path), role=role, labels=labels)
+    data = task.read(fetch(path), role=role, labels=labels)
     findings_or_error(get_host().check_data(task.name, data), notify)
     return data
 
@@ -101,7 +110,7 @@ def check(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) ->
     if not values.get("data"):
         raise UserError("--data is required")
     task = make_task(spec, schema.task_options(spec, values), notify=notify)
-    data = task.read(Path(values["data"]), role="train")
+    data = task.read(fetch(values["data"]), role="train")
     findings = get_host().check_data(spec.name, data)
     findings_or_error(findings, notify)
     return list(findings)
@@ -210,7 +219,8 @@ def _run_config(prepared: Prepared, run_dir: Path) -> dict[str, Any]:
             "validation": str(values["val"]) if values.get("val") else task.describe_split(
                 val_fraction=values["val_fraction"], seed=values["seed"]),
             # Where the data was, whatever folder the run was started from (--resume elsewhere).
-            "paths": {name: str(Path(values[name]).resolve()) for name in ("data", "val") if values.get(name)},
+            "paths": {name: str(values[name]) if is_url(values[name]) else str(Path(values[name]).resolve())
+                      for name in ("data", "val") if values.get(name)},
             "processes": prepared.accelerator.num_processes,
         },
     }
@@ -390,7 +400,7 @@ def resume_layer(spec: TaskSpec, folder: Path) -> dict[str, Any]:
     layer = {k: v for k, v in saved.items() if k in known and k not in ("output", "config", "resume")}
     absolute = (saved.get("resolved") or {}).get("paths") or {}
     for name, path in absolute.items():
-        if layer.get(name) and not Path(layer[name]).exists() and Path(path).exists():
+        if layer.get(name) and not is_url(layer[name]) and not Path(layer[name]).exists() and Path(path).exists():
             layer[name] = path  # the run was started from another folder
     return layer
 
@@ -453,7 +463,7 @@ def _apply(loaded: Loaded, values: Mapping[str, Any], given: Mapping[str, Any]) 
     loaded.values = dict(values)
     options = dict(loaded.run_options)
     options.update({k: values[k] for k in given if k in options and values.get(k) is not None})
-    loaded.task.options = options
+    loaded.task.options = fetched(loaded.spec, options)
     loaded.batch_size = values["batch_size"] if given.get("batch_size") else 2 * int(loaded.config.get("batch_size") or 16)
 
 
@@ -561,17 +571,22 @@ def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: L
     ``as_text``; the records are returned when ``keep_records``.
 
     Into a file (CSV, TSV, JSON Lines) or a folder, the inputs go through in parts of `PART_SIZE`
-    (`Task.parts`), each written as it is scored; the file appears, whole, when the last part is in."""
+    (`Task.parts`), each written as it is scored; the file appears, whole, when the last part is in.
+    ``data`` and ``output`` may be URLs (`taskzoo.storage`)."""
+    loaded = loaded or load(folder, "predict", given, notify)
+    with writable(given.get("output")) as output:  # a URL: written here, uploaded when complete
+        return _predict_into(loaded, data, output, as_text=as_text, keep_records=keep_records)
+
+
+def _predict_into(loaded: Loaded, data: Any, output: Path | None, *, as_text: bool, keep_records: bool) -> Prediction:
     from taskzoo.trainer import predict_all
 
-    loaded = loaded or load(folder, "predict", given, notify)
     task = loaded.task
-    output = Path(given["output"]) if given.get("output") else None
     streamed = output is not None and (output.suffix.lower() in _APPENDABLE or not output.suffix)
     if data and streamed:
-        inputs = task.read_parts(Path(data), role="predict", labels=task.labels_of_model, size=PART_SIZE)
+        inputs = task.read_parts(fetch(data), role="predict", labels=task.labels_of_model, size=PART_SIZE)
     elif data:
-        inputs = [task.read(Path(data), role="predict", labels=task.labels_of_model)]
+        inputs = [task.read(fetch(data), role="predict", labels=task.labels_of_model)]
     else:
         inline = task.inputs_from_options()
         if inline is None:
