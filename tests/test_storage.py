@@ -51,6 +51,7 @@ def bucket(s3_endpoint, monkeypatch, tmp_path):
     return client, name
 
 
+@pytest.mark.slow
 def test_a_run_from_s3_is_the_run_from_the_local_files(bucket, tmp_path, runner):
     client, name = bucket
     for part in ("train", "test"):
@@ -125,3 +126,78 @@ def test_a_missing_driver_names_the_extra(monkeypatch):
         storage.fetch("gs://bucket/train.csv")
     assert storage.fetch("data/train.csv") == Path("data/train.csv")  # local paths never touch fsspec
     assert storage.location("s3://b/k.csv") == "s3://b/k.csv" and storage.location("x/y.csv") == Path("x/y.csv")
+
+
+# -- Parquet and Hugging Face datasets ------------------------------------------------------------
+
+
+def _sample_frames():
+    import pandas as pd
+
+    return pd.read_csv(SAMPLE / "train.csv", dtype=str), pd.read_csv(SAMPLE / "test.csv", dtype=str)
+
+
+@pytest.mark.slow
+def test_csv_parquet_and_a_datasets_folder_give_the_same_run(tmp_path, runner, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("TASKZOO_CACHE", str(tmp_path / "cache"))
+    train, test = _sample_frames()
+    train.to_parquet(tmp_path / "train.parquet", index=False)
+    test.to_parquet(tmp_path / "test.parquet", index=False)
+    labels = sorted(train["sentiment"].unique())
+    features = datasets.Features({"review": datasets.Value("string"), "sentiment": datasets.ClassLabel(names=labels)})
+    folder = tmp_path / "reviews_ds"
+    datasets.DatasetDict({
+        name: datasets.Dataset.from_dict({"review": list(frame["review"]),
+                                          "sentiment": [labels.index(v) for v in frame["sentiment"]]}, features=features)
+        for name, frame in (("train", train), ("validation", test))
+    }).save_to_disk(str(folder))
+    runs = {"csv": ["--data", SAMPLE / "train.csv", "--val", SAMPLE / "test.csv"],
+            "parquet": ["--data", tmp_path / "train.parquet", "--val", tmp_path / "test.parquet"],
+            "datasets": ["--data", folder, "--val", folder]}
+    for name, args in runs.items():
+        result = runner.invoke(cli, ["run", "sentiment", *map(str, args), "--output", str(tmp_path / name), *QUICK])
+        assert result.exit_code == 0, result.output
+    metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in runs}
+    assert metrics["csv"]["val"] == metrics["parquet"]["val"] == metrics["datasets"]["val"]
+    # ClassLabel ids come back as their names, as the CSV holds them.
+    assert json.loads((tmp_path / "datasets" / "labels.json").read_text()) == \
+        json.loads((tmp_path / "csv" / "labels.json").read_text())
+
+    # Predict from Parquet in parts: the same predictions as from the CSV file.
+    for source, out in ((SAMPLE / "test.csv", "from_csv.csv"), (tmp_path / "test.parquet", "from_parquet.csv")):
+        result = runner.invoke(cli, ["predict", "--model", str(tmp_path / "csv"), "--data", str(source), "--output",
+                                     str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "from_csv.csv").read_text() == (tmp_path / "from_parquet.csv").read_text()
+
+    result = runner.invoke(cli, ["check", "sentiment", "--data", str(folder), "--split", "test"])
+    assert result.exit_code == 2 and "no split 'test'; its splits are train, validation (choose one with --split)" \
+        in result.output
+    result = runner.invoke(cli, ["check", "sentiment", "--data", str(SAMPLE / "train.csv"), "--split", "train"])
+    assert result.exit_code == 2 and "is not a Hugging Face dataset" in result.output
+
+
+def test_ner_reads_tokens_and_tags_from_parquet_and_a_hub_dataset_without_network_is_one_line(tmp_path, runner,
+                                                                                              monkeypatch):
+    import pandas as pd
+
+    frame = pd.DataFrame({"tokens": [["Alice", "visited", "Paris"], ["Bob", "left"]],
+                          "tags": [["B-PER", "O", "B-LOC"], ["B-PER", "O"]]})
+    frame.to_parquet(tmp_path / "ner.parquet", index=False)
+    result = runner.invoke(cli, ["check", "ner", "--data", str(tmp_path / "ner.parquet")])
+    assert result.exit_code == 0, result.output
+    assert "2 sentences" in result.output or "sentences" in result.output
+    bad = pd.DataFrame({"tokens": [["Alice", "visited"]], "tags": [["B-PER"]]})
+    bad.to_parquet(tmp_path / "bad.parquet", index=False)
+    result = runner.invoke(cli, ["check", "ner", "--data", str(tmp_path / "bad.parquet")])
+    assert result.exit_code == 2 and "bad.parquet: row 1: 2 tokens but 1 tags" in result.output
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TASKZOO_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(cli, ["run", "sentiment", "--data", "hf:someone/not-cached-here", "--output",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 2 and "hf:someone/not-cached-here: not in the local datasets cache and the hub " \
+        "cannot be reached" in result.output and "Traceback" not in result.output

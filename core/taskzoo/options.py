@@ -41,6 +41,11 @@ SHARED_OPTIONS: tuple[Option, ...] = (
            "export: labelled data to check the export on, default the run's validation data).",
            type=Path, commands=("run", "check", "evaluate", "predict", "export")),
     Option("val", "Validation data (default: a split of --data).", type=Path, commands=_RUN),
+    Option("split", "Split of a Hugging Face dataset given as --data (a datasets folder or hf:NAME; default: train "
+           "for run and check, test for evaluate and predict). --val takes its validation (or test) split.",
+           commands=("run", "check", "evaluate", "predict"), remember=False),
+    Option("subset", "Configuration of a hub dataset given as hf:NAME (e.g. sst2 of nyu-mll/glue).",
+           commands=("run", "check", "evaluate", "predict"), remember=False),
     Option("config", "YAML file of options; flags override it.", type=Path, commands=_RUN, remember=False),
     Option("resume", "Continue a run folder from its last checkpoint, or extend a complete run to more --epochs.",
            type=Path, commands=_RUN, remember=False),

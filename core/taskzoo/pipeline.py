@@ -98,10 +98,19 @@ def findings_or_error(findings: Sequence[Finding], notify: Notify) -> None:
         raise UserError(errors[0] + more)
 
 
-def read_checked(task: Task, path: Path, role: str, notify: Notify, labels: Sequence[str] | None = None) -> Any:
-    data = task.read(fetch(path), role=role, labels=labels)
+def read_checked(task: Task, path: Path | str, role: str, notify: Notify, labels: Sequence[str] | None = None,
+                 values: Mapping[str, Any] | None = None) -> Any:
+    """``task.read`` of ``path`` (a URL or dataset through `taskzoo.storage.fetch`; ``values``
+    give ``--split``/``--subset``) and every plugin's check of it."""
+    data = task.read(fetch(path, role=role, **_dataset_choice(values, role)), role=role, labels=labels)
     findings_or_error(get_host().check_data(task.name, data), notify)
     return data
+
+
+def _dataset_choice(values: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
+    """--split and --subset, for the data they are about (--data, not --val)."""
+    values = values or {}
+    return {"split": values.get("split") if role != "val" else None, "subset": values.get("subset")}
 
 
 def check(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) -> list[Finding]:
@@ -110,7 +119,7 @@ def check(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) ->
     if not values.get("data"):
         raise UserError("--data is required")
     task = make_task(spec, schema.task_options(spec, values), notify=notify)
-    data = task.read(fetch(values["data"]), role="train")
+    data = task.read(fetch(values["data"], role="train", **_dataset_choice(values, "train")), role="train")
     findings = get_host().check_data(spec.name, data)
     findings_or_error(findings, notify)
     return list(findings)
@@ -145,10 +154,10 @@ def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet
         raise UserError("--data is required (or give it in --config)")
     host = host or get_host()
     task = make_task(spec, schema.task_options(spec, values), host, notify)
-    train = read_checked(task, values["data"], "train", notify)
+    train = read_checked(task, values["data"], "train", notify, values=values)
     labels = task.labels(train)
     if values.get("val"):
-        val = read_checked(task, values["val"], "val", notify, labels=labels)
+        val = read_checked(task, values["val"], "val", notify, labels=labels, values=values)
     else:
         train, val = task.split(train, val_fraction=values["val_fraction"], seed=values["seed"])
     return task, train, val, labels
@@ -157,7 +166,7 @@ def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet
 def reading_inputs(spec: TaskSpec, values: Mapping[str, Any]) -> dict[str, Any]:
     """What `read_data` depends on: runs that agree here read the same task, data and split."""
     return {**schema.task_options(spec, values),
-            **{name: values.get(name) for name in ("data", "val", "val_fraction", "seed")}}
+            **{name: values.get(name) for name in ("data", "val", "split", "subset", "val_fraction", "seed")}}
 
 
 def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
@@ -527,7 +536,7 @@ def evaluate(folder: Path, data: Path, given: Mapping[str, Any], notify: Notify 
     loaded = loaded or load(folder, "evaluate", given, notify)
     task = loaded.task
     labels = task.labels_of_model
-    test = read_checked(task, data, "test", notify, labels=labels)
+    test = read_checked(task, data, "test", notify, labels=labels, values=loaded.values)
     scored = Scored()
     for part in task.parts(test, PART_SIZE):
         loader = task.dataloader(part, batch_size=loaded.batch_size, train=False, seed=0)
@@ -584,9 +593,11 @@ def _predict_into(loaded: Loaded, data: Any, output: Path | None, *, as_text: bo
     task = loaded.task
     streamed = output is not None and (output.suffix.lower() in _APPENDABLE or not output.suffix)
     if data and streamed:
-        inputs = task.read_parts(fetch(data), role="predict", labels=task.labels_of_model, size=PART_SIZE)
+        inputs = task.read_parts(fetch(data, role="predict", **_dataset_choice(loaded.values, "predict")),
+                                 role="predict", labels=task.labels_of_model, size=PART_SIZE)
     elif data:
-        inputs = [task.read(fetch(data), role="predict", labels=task.labels_of_model)]
+        inputs = [task.read(fetch(data, role="predict", **_dataset_choice(loaded.values, "predict")), role="predict",
+                            labels=task.labels_of_model)]
     else:
         inline = task.inputs_from_options()
         if inline is None:

@@ -88,12 +88,103 @@ def _remote_error(url: str, error: BaseException) -> DataError:
     return DataError(f"{url}: cannot be read: {_one_line(error)}")
 
 
-def fetch(location: str | os.PathLike[str]) -> Path:
+def fetch(location: str | os.PathLike[str], *, role: str = "train", split: str | None = None,
+          subset: str | None = None) -> Path:
     """The local path to read ``location`` from: itself when local, else a cached copy of the
-    remote file or folder (copied again only where the remote changed)."""
+    remote file or folder (copied again only where the remote changed). A Hugging Face dataset
+    (a ``save_to_disk`` folder, local or remote, or ``hf:NAME`` from the hub) becomes a Parquet
+    file of one split: ``split``, or the usual one for ``role``."""
     text = str(location)
-    if not is_url(text):
-        return Path(location)
+    if text.startswith("hf:"):
+        return _dataset_as_parquet(_hub_dataset(text, subset), text, role, split)
+    local = _copy(text) if is_url(text) else Path(location)
+    if _is_datasets_folder(local):
+        return _dataset_as_parquet(_folder_dataset(local, text), text, role, split)
+    if split and role != "val":
+        raise UserError(f"--split {split}: {text} is not a Hugging Face dataset (a datasets folder or hf:NAME)")
+    return local
+
+
+# -- Hugging Face datasets -----------------------------------------------------------------------
+
+# The split a role reads when --split does not say.
+USUAL_SPLITS = {"train": ("train",), "val": ("validation", "valid", "dev", "test"), "test": ("test", "validation"),
+                "predict": ("test", "validation", "train")}
+
+
+def _is_datasets_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in ("dataset_dict.json", "dataset_info.json"))
+
+
+def _folder_dataset(path: Path, text: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises its own types for a broken folder
+        raise DataError(f"{text}: not a readable datasets folder (save_to_disk): {_one_line(error)}") from None
+
+
+def _hub_dataset(text: str, subset: str | None) -> Any:
+    import datasets
+
+    from taskzoo.weights import hub_reachable
+
+    name = text[3:].strip()
+    if not name:
+        raise UserError(f"{text}: expected hf:NAME, a dataset id on the Hugging Face hub (e.g. hf:stanfordnlp/imdb)")
+    try:
+        return datasets.load_dataset(name, subset)
+    except Exception as error:  # offline, unknown name, missing subset: one line
+        if not hub_reachable():
+            raise UserError(f"{text}: not in the local datasets cache and the hub cannot be reached (no network?); "
+                            "save it with datasets' save_to_disk where there is a network and give that folder") from None
+        raise UserError(f"{text}: {_one_line(error)}") from None
+
+
+def _dataset_as_parquet(dataset: Any, text: str, role: str, split: str | None) -> Path:
+    """One split as Parquet in the cache, class ids as their names (a ClassLabel column's ints
+    become 'negative'/'positive', as a CSV would hold them)."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        names = list(dataset)
+        wanted = [split] if split else [name for name in USUAL_SPLITS.get(role, ("train",)) if name in names]
+        if not wanted or wanted[0] not in names:
+            asked = f"no split '{split}'" if split else f"no {' or '.join(USUAL_SPLITS.get(role, ('train',)))} split"
+            raise UserError(f"{text}: {asked}; its splits are {', '.join(names)} (choose one with --split)")
+        split, dataset = wanted[0], dataset[wanted[0]]
+    fingerprint = getattr(dataset, "_fingerprint", "") or ""
+    key = hashlib.sha256(f"{text}|{split}|{fingerprint}".encode()).hexdigest()[:20]
+    target = cache_root() / "datasets" / key / f"{Path(text.rstrip('/')).name or 'dataset'}-{split or 'data'}.parquet"
+    if target.exists():
+        return target
+    frame = dataset.to_pandas()
+    for column, feature in dataset.features.items():
+        names = _class_names(feature)
+        if names is None:
+            continue
+        if isinstance(feature, datasets.ClassLabel):
+            frame[column] = [names[v] if 0 <= v < len(names) else "" for v in frame[column]]
+        else:  # a sequence of class ids (NER tags)
+            frame[column] = [[names[v] for v in values] for values in frame[column]]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    frame.to_parquet(partial, index=False)
+    partial.replace(target)
+    return target
+
+
+def _class_names(feature: Any) -> list[str] | None:
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    inner = getattr(feature, "feature", None)
+    return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+
+
+def _copy(text: str) -> Path:
     fs, path = _filesystem(text)
     try:
         fs.invalidate_cache()  # fsspec keeps listings per process: look again at what is there now

@@ -20,7 +20,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
         TaskSpec(
             name=TASK,
             description="Named-entity recognition: find typed spans (drugs, organisations, products) in text",
-            data_formats=("conll", "jsonl tokens+tags", "jsonl text+entities", "txt (predict)"),
+            data_formats=("conll", "jsonl or parquet: tokens+tags, text+entities", "datasets folder, hf:NAME", "txt (predict)"),
             task_class="taskzoo_ner.task:NerTask",
             main_metric="f1",
             defaults={"epochs": 8, "lr": 2e-4, "batch_size": 16},

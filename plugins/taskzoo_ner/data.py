@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import DataError, Finding
-from taskzoo.helpers.tables import json_lines, read_text
+from taskzoo.helpers.tables import json_lines, read_table, read_text
 
 # Words for raw text: runs of word characters (keeping inner hyphens, apostrophes and decimal
 # points: "type-2", "Mary's", "0.5") or single punctuation marks.
@@ -142,6 +142,9 @@ def read_ner(
     needs_tags = role != "predict"
     if suffix in (".jsonl", ".json", ".ndjson"):
         data = _read_jsonl(path, needs_tags=needs_tags, scheme=scheme)
+    elif suffix in (".parquet", ".pq"):  # the JSON Lines forms as columns: tokens + tags, or text + entities
+        rows = enumerate(read_table(path).to_dict("records"), start=1)
+        data = _read_jsonl(path, needs_tags=needs_tags, scheme=scheme, records=rows, unit="row")
     elif suffix == ".txt" and role == "predict":
         data = _read_plain_text(path)
     else:
@@ -212,13 +215,13 @@ def _read_conll(path: Path, *, tag_column: int | None, needs_tags: bool, scheme:
     return data
 
 
-def _read_jsonl(path: Path, *, needs_tags: bool, scheme: str) -> NerData:
+def _read_jsonl(path: Path, *, needs_tags: bool, scheme: str, records: Any = None, unit: str = "line") -> NerData:
     token_rows: list[tuple[list[str], list[str], list[int]]] = []
     sentences: list[Sentence] = []
     notes: list[str] = []
     form = None
-    for number, record in json_lines(path):
-        where = f"{path}: line {number}"
+    for number, record in (json_lines(path) if records is None else records):
+        where = f"{path}: {unit} {number}"
         if "tokens" in record:
             form = form or "jsonl-tokens"
             tokens = record["tokens"]

@@ -26,7 +26,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
         TaskSpec(
             name=TASK,
             description="Recommend items per user from implicit feedback (views, purchases, plays)",
-            data_formats=("csv", "tsv", "parquet", "u.data/ratings.dat (no header)"),
+            data_formats=("csv", "tsv", "parquet", "u.data/ratings.dat (no header)", "RecBole .inter/.item"),
             task_class="taskzoo_recommendation.task:RecommendationTask",
             main_metric="ndcg_at_k",
             # ALS needs no gradient epochs; --epochs N fine-tunes the factors with a BPR loss.

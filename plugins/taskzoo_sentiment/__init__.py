@@ -20,7 +20,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
         TaskSpec(
             name=TASK,
             description="Text classification (sentiment, topics, intents): text -> one of two or more labels",
-            data_formats=("csv", "tsv", "jsonl"),
+            data_formats=("csv", "tsv", "jsonl", "parquet", "datasets folder, hf:NAME"),
             task_class="taskzoo_sentiment.task:SentimentTask",
             main_metric="accuracy",
             defaults={"epochs": 4, "lr": 1e-4, "batch_size": 16},

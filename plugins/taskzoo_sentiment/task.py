@@ -45,7 +45,7 @@ class SentimentTask(Task):
 
     def read_parts(self, path: Path, *, role: str, labels: Sequence[str] | None = None,
                    size: int) -> Iterator[TextData]:
-        if role != "predict" or Path(path).suffix.lower() not in (".csv", ".tsv", ".txt"):
+        if role != "predict" or Path(path).suffix.lower() not in (".csv", ".tsv", ".txt", ".parquet", ".pq"):
             yield from super().read_parts(path, role=role, labels=labels, size=size)
             return
         yield from read_texts_in_parts(path, size, text_column=self.options.get("text_column"))

@@ -1,5 +1,8 @@
-"""Reading users' tabular files (CSV, TSV, JSON Lines) strictly: UTF-8, with errors naming the file
-and the line, never a traceback; and writing prediction rows as CSV, TSV or JSON Lines."""
+"""Reading users' tabular files (CSV, TSV, JSON Lines, Parquet) strictly: UTF-8, with errors naming
+the file and the line, never a traceback; and writing prediction rows as CSV, TSV or JSON Lines.
+
+Parquet cells read as CSV cells do (text, an empty cell for a missing value), list cells as lists
+(as JSON Lines gives them), so a task's reader sees the same rows from either."""
 
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ __all__ = [
 if TYPE_CHECKING:
     import pandas as pd
 
-TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+                 ".parquet": "parquet", ".pq": "parquet"}
 
 
 def read_text(path: Path, *, allow_empty: bool = False) -> str:
@@ -61,6 +65,8 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(
             f"{path}: unknown file type '{path.suffix}'; expected one of {', '.join(sorted(TABLE_FORMATS))}"
         )
+    if kind == "parquet":
+        return _parquet_frame(path, _parquet_file(path).read().to_pandas())
     text = read_text(path)
     if kind == "jsonl":
         frame = pd.DataFrame.from_records([record for _, record in json_lines(path, text)])
@@ -94,6 +100,16 @@ def read_table_parts(path: Path, rows: int) -> Iterator[tuple[int, pd.DataFrame]
     import pandas as pd
 
     kind = TABLE_FORMATS.get(path.suffix.lower())
+    if kind == "parquet":  # row groups as they come, in batches of ``rows``
+        first = 1
+        for batch in _parquet_file(path).iter_batches(batch_size=rows):
+            frame = _parquet_frame(path, batch.to_pandas(), allow_empty=True)
+            if len(frame):
+                yield first, frame
+                first += len(frame)
+        if first == 1:
+            raise DataError(f"{path}: no data rows")
+        return
     if kind == "jsonl" or kind is None:
         frame = read_table(path)
         for start in range(0, len(frame), rows):
@@ -133,6 +149,50 @@ def read_table_parts(path: Path, rows: int) -> Iterator[tuple[int, pd.DataFrame]
             first += len(frame)
     if header is None or first == 1:
         raise DataError(f"{path}: no data rows (only a header?)")
+
+
+def _parquet_file(path: Path) -> Any:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file")
+    try:
+        return pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises its own types for a broken file
+        raise DataError(f"{path}: not a readable Parquet file: {' '.join(str(error).split())}") from None
+
+
+def _parquet_frame(path: Path, frame: pd.DataFrame, *, allow_empty: bool = False) -> pd.DataFrame:
+    """Parquet columns as CSV cells: text (missing: empty), lists as lists of the same."""
+    import numpy as np
+    import pandas as pd
+
+    if frame.empty and not allow_empty:
+        raise DataError(f"{path}: no data rows")
+
+    def native(value: Any) -> Any:  # inside a struct (an entity's start and end): Python values, not text
+        if isinstance(value, dict):
+            return {key: native(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [native(item) for item in value]
+        return value.item() if isinstance(value, np.generic) else value
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, dict):
+            return native(value)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [cell(item) for item in value]
+        if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+            return ""
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return str(int(value)) if abs(value) < 1e15 else str(value)
+        return str(value)
+
+    frame = frame.apply(lambda column: column.map(cell)) if len(frame) else frame.astype(object)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    return frame
 
 
 def json_lines(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
