@@ -25,7 +25,7 @@ def test_list_backbones_and_plugins_text_and_json(runner):
     assert listed.exit_code == 0 and "sentiment" in listed.output and "all-minilm-l6-v2" in listed.output
     rows = {row["name"]: row for row in json.loads(runner.invoke(cli, ["list", "--json"]).output)}
     assert list(rows) == ["detection", "ner", "recommendation", "segmentation", "sentiment"]
-    assert rows["sentiment"]["data_formats"] == ["csv", "tsv", "jsonl"] and rows["ner"]["main_metric"] == "f1"
+    assert rows["sentiment"]["data_formats"] == ["csv", "tsv", "jsonl", "parquet", "datasets folder, hf:NAME"] and rows["ner"]["main_metric"] == "f1"
     assert json.loads(runner.invoke(cli, ["list", "nothing*", "--json"]).output) == []
     backbones = json.loads(runner.invoke(cli, ["backbones", "sentiment", "--json"]).output)
     by_name = {b["name"]: b for b in backbones}

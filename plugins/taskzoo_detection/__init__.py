@@ -25,7 +25,8 @@ def taskzoo_tasks() -> list[TaskSpec]:
         TaskSpec(
             name=TASK,
             description="Object detection: boxes and categories (torchvision detectors on timm backbones, or DETR-style transformers)",
-            data_formats=("COCO JSON (+ --images FOLDER)", "YOLO: dataset.yaml, or images/ + labels/ + classes.txt"),
+            data_formats=("COCO JSON (+ --images FOLDER)", "YOLO: dataset.yaml, or images/ + labels/ + classes.txt",
+                          "Pascal VOC: images/ + annotations/*.xml, or VOCdevkit"),
             task_class="taskzoo_detection.task:DetectionTask",
             main_metric="map",
             defaults=DEFAULTS,

@@ -376,6 +376,137 @@ def read_yolo(path: Path, *, role: str, known: list[str] | None = None) -> Detec
     return data
 
 
+# -- Pascal VOC ----------------------------------------------------------------------------------
+
+VOC_ANNOTATIONS = ("Annotations", "annotations")
+VOC_IMAGES = ("JPEGImages", "images", "Images")
+
+
+def _voc_folders(path: Path) -> tuple[Path, Path] | None:
+    """(annotations folder, images folder) of a VOC-layout folder, or None when it is not one:
+    ``Annotations/`` + ``JPEGImages/`` (VOCdevkit), ``annotations/`` + ``images/`` (Raccoon and most
+    exports), or XML files beside their images (LabelImg's default)."""
+    for name in VOC_ANNOTATIONS:
+        if (path / name).is_dir() and any((path / name).glob("*.xml")):
+            images = next((path / n for n in VOC_IMAGES if (path / n).is_dir()), path)
+            return path / name, images
+    if any(path.glob("*.xml")):
+        return path, path
+    return None
+
+
+def _voc_image_set(path: Path, annotations: Path, role: str) -> list[Path]:
+    """The annotation files of ``role``: ImageSets/Main/<split>.txt where VOCdevkit has it, else all."""
+    sets = path / "ImageSets" / "Main"
+    wanted = {"train": ("train", "trainval"), "val": ("val", "test"), "test": ("test", "val")}.get(role, ())
+    for name in wanted:
+        listing = sets / f"{name}.txt"
+        if listing.is_file():
+            ids = [line.split()[0] for line in read_text(listing).splitlines() if line.strip()]
+            files = [annotations / f"{image_id}.xml" for image_id in ids]
+            missing = [f for f in files if not f.is_file()]
+            if missing:
+                raise DataError(f"{listing}: lists '{missing[0].stem}', but {missing[0]} does not exist")
+            return files
+    return sorted(annotations.glob("*.xml"))
+
+
+def _xml_text(element: Any, tag: str, where: str, *, required: bool = True) -> str | None:
+    found = element.find(tag)
+    if found is None or found.text is None or not found.text.strip():
+        if required:
+            raise DataError(f"{where}: <{tag}> is missing")
+        return None
+    return found.text.strip()
+
+
+def _xml_number(element: Any, tag: str, where: str) -> float:
+    text = _xml_text(element, tag, where)
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{where}: <{tag}> is {text!r}, expected a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: <{tag}> is {text!r}, expected a finite number")
+    return value
+
+
+def read_voc(path: Path, *, role: str, known: list[str] | None = None, with_val: bool = True) -> DetectionData:
+    """Pascal VOC XML: one file per image with ``<filename>``, ``<size>`` and ``<object>``s of a
+    ``<name>``, a ``<bndbox>`` (1-based ``xmin ymin xmax ymax``, read as detectron2 and the VOC tools
+    do: x1 = xmin - 1) and ``<difficult>``. The image is ``<filename>`` in the images folder (a
+    ``<path>`` from the annotator's machine is ignored); its size must match ``<size>``. Difficult
+    objects, like COCO's crowd regions, are left out of training and ignored by evaluation."""
+    import xml.etree.ElementTree as ElementTree
+
+    folders = _voc_folders(path)
+    if folders is None:
+        raise DataError(f"{path}: no Pascal VOC annotations (*.xml in Annotations/, annotations/ or the folder)")
+    annotations, images_dir = folders
+    files = _voc_image_set(path, annotations, role)
+    if not files:
+        raise DataError(f"{annotations}: no .xml annotation files")
+    parsed = []
+    for file in files:
+        try:
+            root = ElementTree.fromstring(read_text(file))
+        except ElementTree.ParseError as error:
+            line, column = error.position
+            raise DataError(f"{file}: line {line}, column {column + 1}: malformed XML ({str(error).split(':')[0]})") from None
+        if root.tag != "annotation":
+            raise DataError(f"{file}: expected a Pascal VOC <annotation>, got <{root.tag}>")
+        parsed.append((file, root))
+    names = sorted({(_xml_text(obj, "name", str(file)) or "") for file, root in parsed for obj in root.iter("object")})
+    categories = list(known) if known is not None else names
+    images, sizes, boxes, labels, difficult = [], [], [], [], []
+    clipping = _Clipping()
+    for file, root in parsed:
+        file_name = _xml_text(root, "filename", str(file), required=False)
+        candidates = ([images_dir / file_name] if file_name else []) + [
+            images_dir / f"{file.stem}{suffix}" for suffix in sorted(IMAGE_SUFFIXES)]
+        image = next((c for c in candidates if c.is_file()), None)
+        if image is None:
+            raise DataError(f"{file}: image '{file_name or file.stem}' is not in {images_dir}")
+        width, height = image_size(image)
+        size = root.find("size")
+        if size is not None:
+            stated = tuple(int(_xml_number(size, tag, f"{file}: <size>")) for tag in ("width", "height"))
+            if all(stated) and stated != (width, height):
+                raise DataError(f"{file}: <size> says {stated[0]}x{stated[1]}, but {image} is {width}x{height}")
+        rows, classes, hard = [], [], []
+        for number, obj in enumerate(root.iter("object"), start=1):
+            where = f"{file}: object {number}"
+            name = _xml_text(obj, "name", where)
+            if name not in categories:
+                raise DataError(f"{where}: class '{name}' was never seen in training (known: {', '.join(categories)})")
+            box = obj.find("bndbox")
+            if box is None:
+                raise DataError(f"{where}: <bndbox> is missing")
+            x1, y1, x2, y2 = (_xml_number(box, tag, where) for tag in ("xmin", "ymin", "xmax", "ymax"))
+            if x2 < x1 or y2 < y1:
+                raise DataError(f"{where}: xmax/ymax ({x2:g}, {y2:g}) below xmin/ymin ({x1:g}, {y1:g})")
+            rows.append(_clip(x1 - 1, y1 - 1, x2, y2, width, height, where, clipping))
+            classes.append(categories.index(name))
+            hard.append((_xml_text(obj, "difficult", where, required=False) or "0") == "1")
+        images.append(image)
+        sizes.append((width, height))
+        boxes.append(np.asarray(rows, dtype=np.float32).reshape(-1, 4))
+        labels.append(np.asarray(classes, dtype=np.int64))
+        difficult.append(np.asarray(hard, dtype=bool))
+    notes = clipping.message()
+    hard_count = int(sum(int(d.sum()) for d in difficult))
+    if hard_count:
+        notes.append(f"{hard_count} object(s) marked difficult: left out of training, ignored by evaluation (as VOC's tools do)")
+    data = DetectionData(root=path, images=images, sizes=sizes, image_ids=list(range(len(images))),
+                         categories=categories, category_ids=list(range(len(categories))), boxes=boxes, labels=labels,
+                         crowd=difficult, notes=notes, source="Pascal VOC")
+    sets = path / "ImageSets" / "Main"
+    if role == "train" and with_val and (sets / "val.txt").is_file() and (sets / "train.txt").is_file():
+        data.val = read_voc(path, role="val", known=categories, with_val=False)
+        data.source, data.val.source = "Pascal VOC (train)", "Pascal VOC (val)"
+    return data
+
+
 # -- entry points ---------------------------------------------------------------------------------
 
 
@@ -390,7 +521,7 @@ def read_dataset(path: Path, *, role: str, images_dir: Path | None = None, known
     if path.suffix.lower() in (".yaml", ".yml"):
         data = read_yolo(path, role="test" if role == "predict" else role, known=known)
         return replace(data, boxes=None, labels=None, crowd=None) if role == "predict" else data
-    if role == "predict":
+    if role == "predict" and not (path.is_dir() and _voc_folders(path) is not None):
         images = [path] if path.is_file() else _image_files(path)
         if not images:
             raise DataError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -398,7 +529,10 @@ def read_dataset(path: Path, *, role: str, images_dir: Path | None = None, known
                              image_ids=list(range(len(images))), categories=list(known or []), category_ids=[],
                              source="images")
     if path.is_file():
-        raise DataError(f"{path}: expected a COCO .json, a YOLO dataset .yaml, or a YOLO folder")
+        raise DataError(f"{path}: expected a COCO .json, a YOLO dataset .yaml, a YOLO folder or a Pascal VOC folder")
+    if _voc_folders(path) is not None:
+        data = read_voc(path, role=role, known=known)
+        return replace(data, boxes=None, labels=None, crowd=None, val=None) if role == "predict" else data
     return read_yolo(path, role=role, known=known)
 
 
