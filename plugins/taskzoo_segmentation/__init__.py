@@ -24,7 +24,8 @@ def taskzoo_tasks() -> list[TaskSpec]:
         TaskSpec(
             name=TASK,
             description="Image segmentation: a class for every pixel (smp networks on timm encoders)",
-            data_formats=("folder: images/ + masks/ (+ classes.yaml, train/ val/)",),
+            data_formats=("folder: images/ + masks/ (+ classes.yaml, train/ val/)",
+                          "COCO JSON: polygons or RLE (+ --images FOLDER)"),
             task_class="taskzoo_segmentation.task:SegmentationTask",
             main_metric="mean_iou",
             defaults=DEFAULTS,
@@ -40,6 +41,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
                 Option("loss", "Training loss.", choices=("ce", "dice", "ce+dice"), default="ce+dice", commands=("run",)),
                 Option("no-pretrained", "Start the encoder from random weights (to see what pretraining buys).",
                        type=bool, default=False, commands=("run",)),
+                Option("images", "Folder that a COCO file's file_name entries are relative to (default: beside the "
+                       "file, or its images/); --val's COCO file finds its images beside itself.",
+                       commands=("run", "check", "evaluate"), remember=False, path=True),
             ),
             # 12 + 4 of the coins images (examples/segmentation), shrunk to 64 x 64.
             sample=SampleData(

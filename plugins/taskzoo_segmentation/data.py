@@ -126,11 +126,14 @@ def mask_array(path: Path, classes: Classes | None, binary_255: bool = False) ->
     return np.where(values == 255, 1, values) if binary_255 else values
 
 
-def read_dataset(path: Path, *, role: str, known_classes: list[str] | None = None) -> SegmentationData:
-    """Read a data-set folder (or, for ``predict``, a folder of images or one image)."""
+def read_dataset(path: Path, *, role: str, known_classes: list[str] | None = None,
+                 images_dir: Path | None = None) -> SegmentationData:
+    """Read a data-set folder or COCO JSON (or, for ``predict``, a folder of images or one image)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such folder")
+    if path.suffix.lower() == ".json" and role != "predict":
+        return read_coco_masks(path, images_dir, known_classes=known_classes)
     if role == "predict":
         return _read_images_only(path)
     if not path.is_dir():
@@ -207,6 +210,120 @@ def _read_pairs(folder: Path, classes: Classes | None, known_classes: list[str] 
         root=folder, images=[images[s] for s in stems], masks=[masks[s] for s in stems], classes=classes,
         sizes=sizes, binary_255=binary_255, notes=notes, pixel_counts=[int(c) for c in counts[:limit]],
     )
+
+
+# -- COCO polygons and RLE ----------------------------------------------------------------------------
+
+
+def _coco_image(json_path: Path, file_name: str, images_dir: Path | None) -> Path | None:
+    candidates = ([images_dir / file_name] if images_dir else
+                  [json_path.parent / file_name, json_path.parent / "images" / file_name])
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def read_coco_masks(path: Path, images_dir: Path | None, *, known_classes: list[str] | None = None) -> SegmentationData:
+    """COCO instance annotations (CVAT, Label Studio, Roboflow exports) as class masks: class 0 is
+    background, then the categories in the order of their ids (named as in the file). Each
+    annotation's polygons or RLE are rasterised by pycocotools; where annotations overlap, the
+    smaller one is drawn last and wins, so an object inside a larger one stays visible. The
+    masks are written once, as PNG files of class ids, into taskzoo's cache."""
+    import hashlib
+    import json
+
+    from pycocotools import mask as coco_mask
+
+    from taskzoo.helpers.tables import read_text
+    from taskzoo.storage import cache_root
+
+    text = read_text(path)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    if not isinstance(document, dict) or not all(isinstance(document.get(k), list) for k in ("images", "annotations",
+                                                                                                 "categories")):
+        raise DataError(f"{path}: expected COCO JSON with 'images', 'annotations' and 'categories' lists")
+    categories = sorted(document["categories"], key=lambda c: c.get("id", 0) if isinstance(c, dict) else 0)
+    for index, category in enumerate(categories):
+        if not isinstance(category, dict) or not isinstance(category.get("id"), int) or not category.get("name"):
+            raise DataError(f"{path}: categories[{index}]: expected an integer 'id' and a 'name'")
+    names = [str(c["name"]) for c in categories]
+    if known_classes is not None:
+        unknown = [n for n in names if n not in known_classes]
+        if unknown:
+            raise DataError(f"{path}: category '{unknown[0]}' was never seen in training (known: {', '.join(known_classes[1:])})")
+        class_names = list(known_classes)
+    else:
+        if "background" in names:
+            raise DataError(f"{path}: a category is named 'background'; class 0 is the background of every mask")
+        class_names = ["background", *names]
+    class_of = {int(c["id"]): class_names.index(str(c["name"])) for c in categories}
+    images: dict[int, tuple[Path, int, int]] = {}
+    for index, entry in enumerate(document["images"]):
+        where = f"{path}: images[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not entry.get("file_name"):
+            raise DataError(f"{where}: expected an integer 'id' and a 'file_name'")
+        image = _coco_image(path, str(entry["file_name"]), images_dir)
+        if image is None:
+            raise DataError(f"{where}: image '{entry['file_name']}' is not in {images_dir or path.parent}")
+        width, height = _open(image).size
+        stated = (entry.get("width"), entry.get("height"))
+        if all(isinstance(v, int) for v in stated) and stated != (width, height):
+            raise DataError(f"{where}: width/height {stated[0]}x{stated[1]}, but {image} is {width}x{height}")
+        images[int(entry["id"])] = (image, width, height)
+    if not images:
+        raise DataError(f"{path}: no images")
+    shapes: dict[int, list[tuple[float, int, Any]]] = {image_id: [] for image_id in images}
+    for index, annotation in enumerate(document["annotations"]):
+        where = f"{path}: annotations[{index}]" + (f" (id {annotation.get('id')})" if isinstance(annotation, dict) and
+                                                     "id" in annotation else "")
+        if not isinstance(annotation, dict):
+            raise DataError(f"{where}: expected an object")
+        if annotation.get("image_id") not in images:
+            raise DataError(f"{where}: image_id {annotation.get('image_id')!r} is not in 'images'")
+        if annotation.get("category_id") not in class_of:
+            raise DataError(f"{where}: category_id {annotation.get('category_id')!r} is not in 'categories'")
+        _, width, height = images[annotation["image_id"]]
+        segmentation = annotation.get("segmentation")
+        try:
+            if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
+                if any(len(polygon) < 6 or len(polygon) % 2 for polygon in segmentation):
+                    raise DataError(f"{where}: a polygon needs at least three x, y points")
+                rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+            elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+                if list(segmentation["size"]) != [height, width]:
+                    raise DataError(f"{where}: RLE size {segmentation['size']} is not the image's [{height}, {width}]")
+                rle = (coco_mask.frPyObjects(segmentation, height, width) if isinstance(segmentation["counts"], list)
+                       else segmentation)
+            else:
+                raise DataError(f"{where}: 'segmentation' must be a list of polygons or an RLE with counts and size")
+            area = float(coco_mask.area(rle))
+        except DataError:
+            raise
+        except Exception as error:  # pycocotools raises TypeError/ValueError for malformed shapes
+            raise DataError(f"{where}: unreadable segmentation ({' '.join(str(error).split())})") from None
+        shapes[annotation["image_id"]].append((area, class_of[annotation["category_id"]], rle))
+    key = hashlib.sha256(text.encode() + str(images_dir).encode() + "|".join(class_names).encode()).hexdigest()[:20]
+    folder = cache_root() / "coco-masks" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    ordered = sorted(images)
+    masks, counts = [], np.zeros(len(class_names), dtype=np.int64)
+    for image_id in ordered:
+        image, width, height = images[image_id]
+        target = folder / f"{image_id}.png"
+        mask = np.zeros((height, width), dtype=np.uint8)
+        for _, class_id, rle in sorted(shapes[image_id], key=lambda shape: -shape[0]):  # larger first, smaller on top
+            mask[coco_mask.decode(rle).astype(bool)] = class_id
+        if not target.exists():
+            Image.fromarray(mask, mode="L").save(target)
+        counts += np.bincount(mask.ravel(), minlength=len(class_names))[: len(class_names)]
+        masks.append(target)
+    colours = DEFAULT_COLOURS[: len(class_names)] + [(128, 128, 128)] * max(0, len(class_names) - len(DEFAULT_COLOURS))
+    return SegmentationData(root=path, images=[images[i][0] for i in ordered], masks=masks,
+                            classes=Classes(class_names, colours), sizes=[images[i][1:] for i in ordered],
+                            notes=[], pixel_counts=[int(c) for c in counts])
 
 
 def check(data: SegmentationData) -> list[Finding]:

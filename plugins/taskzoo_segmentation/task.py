@@ -92,7 +92,9 @@ class SegmentationTask(Task):
     # -- data ------------------------------------------------------------------------------------
 
     def read(self, path: Path, *, role: str, labels: Sequence[str] | None = None) -> SegmentationData:
-        data = read_dataset(path, role=role, known_classes=list(labels) if labels and role in ("val", "test") else None)
+        images = self.options.get("images")
+        data = read_dataset(path, role=role, known_classes=list(labels) if labels and role in ("val", "test") else None,
+                            images_dir=Path(images) if images and role in ("train", "test") else None)
         if labels and role in ("val", "test") and data.classes.from_file and list(data.classes.names) != list(labels):
             raise DataError(f"{path}/classes.yaml: classes {data.classes.names} differ from the model's {list(labels)}")
         return data
