@@ -19,7 +19,7 @@ def taskzoo_tasks() -> list[TaskSpec]:
     return [
         TaskSpec(
             name=TASK,
-            description="Text classification (sentiment, topics, intents): text -> one of two or more labels",
+            description="Text classification (sentiment, topics, intents): text -> one of two or more labels, or several (--multi-label)",
             data_formats=("csv", "tsv", "jsonl", "parquet", "datasets folder, hf:NAME"),
             task_class="taskzoo_sentiment.task:SentimentTask",
             main_metric="accuracy",
@@ -31,6 +31,11 @@ def taskzoo_tasks() -> list[TaskSpec]:
                        commands=("run", "check", "evaluate")),
                 Option("max-length", "Truncate texts to this many tokens (default: the backbone's maximum).",
                        type=int, minimum=8, commands=("run",)),
+                Option("multi-label", "Each text may have several labels (a ticket both 'billing' and 'urgent'): "
+                       "labels split on --label-separator or given as a list; sigmoid outputs with a threshold "
+                       "per label chosen on the validation data.", type=bool, default=False, commands=("run", "check")),
+                Option("label-separator", "Separator of the labels in a multi-label cell.", default="|",
+                       commands=("run", "check", "evaluate")),
                 Option("text", "A text to label; repeat for several.", multiple=True, commands=("predict",)),
                 Option("all-scores", "Also give every label's probability (a score_LABEL column; .jsonl files "
                        "always hold them under 'scores').", type=bool, default=False, commands=("predict",),
@@ -55,6 +60,11 @@ def taskzoo_metrics() -> list[MetricSpec]:
     return [
         MetricSpec("accuracy", (TASK,), metrics.accuracy, description="Share of texts labelled correctly."),
         MetricSpec("macro_f1", (TASK,), metrics.macro_f1, description="F1 averaged over classes, each weighted equally."),
+        MetricSpec("micro_f1", (TASK,), metrics.micro_f1,
+                   description="F1 over every (text, label) decision pooled (multi-label runs)."),
+        MetricSpec("most_common_set_micro_f1", (TASK,), metrics.most_common_set_micro_f1,
+                   description="micro_f1 of predicting the evaluated data's most common label set for every text "
+                               "(multi-label runs): the baseline."),
         MetricSpec("per_class", (TASK,), metrics.per_class, description="Precision, recall, F1 and support per class."),
         MetricSpec("confusion_matrix", (TASK,), metrics.confusion_matrix, description="Counts: rows true, columns predicted."),
     ]

@@ -14,7 +14,8 @@ from taskzoo import DataError, Finding
 from taskzoo.helpers.tables import find_column, is_number, read_table, read_table_parts, read_text
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content", "body", "comment", "review_text", "document", "tweet", "message")
-LABEL_COLUMNS = ("label", "sentiment", "stars", "rating", "class", "polarity", "target", "category")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "stars", "rating", "class", "polarity", "target", "category", "categories",
+                 "tags", "topics")
 MISSING = {"", "nan", "none", "null", "n/a"}
 
 
@@ -90,6 +91,29 @@ def _same_numbers_one_label(path: Path, column: str | None, rows: Sequence[int],
     return [model.get(spelling(label), spelling(label)) for label in labels]
 
 
+def label_set(label: str, separator: str) -> list[str]:
+    """The labels of a multi-label row, from its canonical text."""
+    return [part for part in label.split(separator) if part]
+
+
+def _canonical_sets(path: Path, column: str | None, data: TextData, separator: str,
+                    known: Sequence[str] | None) -> None:
+    """Each row's labels as one canonical text: split on ``separator`` (a list cell is already
+    split), stripped, each label once, sorted, joined again; labels outside ``known`` name their row."""
+    allowed = set(known) if known is not None else None
+    for index, (row, label) in enumerate(zip(data.rows, data.labels)):
+        cell = data.records[index].get(column) if data.records else None
+        parts = [str(v).strip() for v in cell] if isinstance(cell, list) else [p.strip() for p in label.split(separator)]
+        labels = sorted({p for p in parts if p})
+        if not labels:
+            raise DataError(f"{path}: row {row}, column '{column}': no label in {label!r} (labels are separated by "
+                            f"{separator!r}; --label-separator changes it)")
+        if allowed is not None and (unknown := [p for p in labels if p not in allowed]):
+            raise DataError(f"{path}: row {row}, column '{column}': label '{unknown[0]}' was never seen in training "
+                            f"(known: {', '.join(known)})")
+        data.labels[index] = separator.join(labels)
+
+
 def read_texts(
     path: Path,
     *,
@@ -97,14 +121,22 @@ def read_texts(
     text_column: str | None = None,
     label_column: str | None = None,
     known_labels: Sequence[str] | None = None,
+    label_separator: str | None = None,
 ) -> TextData:
-    """Read one file for ``role`` (train/val/test/predict); a `DataError` names what is wrong."""
+    """Read one file for ``role`` (train/val/test/predict); a `DataError` names what is wrong.
+    With ``label_separator`` (multi-label), each row's label is its set of labels as one text
+    (`label_set` splits it); ``known_labels`` are then single labels."""
     path = Path(path)
     if role == "predict" and path.suffix.lower() == ".txt":
         return _read_lines(path)
     frame = read_table(path)
     text_col, label_col = _columns(path, list(frame.columns), role, text_column, label_column)
-    data = _from_frame(path, frame, 1, role, text_col, label_col)
+    data = _from_frame(path, frame, 1, role, text_col, label_col, lists=label_separator)
+    if label_separator is not None and data.labels is not None:
+        _canonical_sets(path, label_col, data, label_separator, known_labels)
+        if role == "train" and len({p for label in data.labels for p in label_set(label, label_separator)}) < 2:
+            raise DataError(f"{path}: column '{label_col}' has a single label; at least two are needed")
+        return data
     labels, rows = data.labels, data.rows
     if labels is not None and labels and all(is_number(label) for label in labels):
         data.labels = labels = _same_numbers_one_label(path, label_col, rows, labels, known_labels)
@@ -164,11 +196,18 @@ def _columns(path: Path, columns: list[str], role: str, text_column: str | None,
 
 
 def _from_frame(path: Path, frame: Any, first_row: int, role: str, text_col: str, label_col: str | None,
-                *, whole_file: bool = True) -> TextData:
-    """The usable rows of ``frame`` (whose first data row is ``first_row`` of the file)."""
+                *, whole_file: bool = True, lists: str | None = None) -> TextData:
+    """The usable rows of ``frame`` (whose first data row is ``first_row`` of the file); ``lists``:
+    a list label cell (JSON Lines, Parquet) is its labels joined by this separator."""
     needs_labels = role in ("train", "val", "test")
     raw_texts = [_cell(v) for v in frame[text_col].tolist()]
-    raw_labels = [_cell(v) for v in frame[label_col].tolist()] if label_col and needs_labels else None
+
+    def label_cell(value: Any) -> str | None:
+        if lists is not None and isinstance(value, list):
+            return lists.join(str(v).strip() for v in value) or None
+        return _cell(value)
+
+    raw_labels = [label_cell(v) for v in frame[label_col].tolist()] if label_col and needs_labels else None
     present = [t for t in raw_texts if t is not None]
     if present and all(is_number(t) for t in present) and (whole_file or first_row == 1):
         raise DataError(f"{path}: column '{text_col}' holds numbers, not text; name the text column with --text-column")

@@ -16,12 +16,31 @@ from taskzoo.helpers.plots import plot_confusion_matrix
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo.helpers.splits import stratified_split
-from taskzoo_sentiment.data import TextData, read_texts, read_texts_in_parts, sort_labels
+from taskzoo_sentiment.data import TextData, label_set, read_texts, read_texts_in_parts, sort_labels
+
+MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: sigmoid outputs, BCE loss
+
 
 class SentimentTask(Task):
     inline_input = "text"
     tokenizer: Any = None
     _labels: list[str] | None = None
+    _loaded_multi_label: bool | None = None  # what a loaded model is; None: a run, its --multi-label says
+    thresholds: list[float] | None = None  # multi-label: a label is predicted at or above its threshold
+    _threshold_data: TextData | None = None  # the validation data the thresholds are chosen on
+
+    @property
+    def multi_label(self) -> bool:
+        if self._loaded_multi_label is not None:
+            return self._loaded_multi_label
+        return bool(self.options.get("multi_label"))
+
+    @property
+    def separator(self) -> str:
+        separator = self.options.get("label_separator") or "|"
+        if not separator.strip():
+            raise UserError("--label-separator: expected a character such as '|' or ';', got blanks")
+        return separator
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -32,6 +51,7 @@ class SentimentTask(Task):
             text_column=self.options.get("text_column"),
             label_column=self.options.get("label_column"),
             known_labels=labels if role in ("val", "test") else None,
+            label_separator=self.separator if self.multi_label else None,
         )
 
     def inputs_from_options(self) -> TextData | None:
@@ -55,6 +75,8 @@ class SentimentTask(Task):
             yield data.subset(range(start, min(start + size, len(data))))
 
     def labels(self, data: TextData) -> list[str]:
+        if self.multi_label:
+            return sort_labels({label for row in data.labels or [] for label in label_set(row, self.separator)})
         return sort_labels(set(data.labels or []))
 
     def describe_split(self, *, val_fraction: float, seed: int) -> str:
@@ -72,6 +94,8 @@ class SentimentTask(Task):
         from transformers import AutoModelForSequenceClassification
 
         tokenizer, network = build_classifier(AutoModelForSequenceClassification, backbone, labels)
+        if self.multi_label:  # transformers then scores with a sigmoid per label and BCE-with-logits
+            network.config.problem_type = MULTI_LABEL
         self.tokenizer, self._labels = tokenizer, list(labels)
         self.max_length = token_limit(tokenizer, self.options.get("max_length"), f"backbone '{backbone.name}'")
         tokenizer.model_max_length = self.max_length
@@ -91,7 +115,13 @@ class SentimentTask(Task):
             item = {key: encoded[key][i] for key in TOKEN_FIELDS if key in encoded}
             item["index"] = i
             if data.labels is not None:
-                item["labels"] = label_ids[data.labels[i]]
+                if self.multi_label:
+                    hot = [0.0] * len(label_ids)
+                    for label in label_set(data.labels[i], self.separator):
+                        hot[label_ids[label]] = 1.0
+                    item["labels"] = hot
+                else:
+                    item["labels"] = label_ids[data.labels[i]]
             items.append(item)
         return items
 
@@ -104,12 +134,22 @@ class SentimentTask(Task):
         return batch
 
     def dataloader(self, data: TextData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
+        if not train and data.labels is not None and self.multi_label:
+            self._threshold_data = data  # the run's validation data: thresholds are chosen on it when saving
         items = self._encode(data)
         lengths = [len(item["input_ids"]) for item in items]
         sampler = SeededLengthGroupedSampler(lengths, batch_size, seed) if train else LongestFirstSampler(lengths)
         return DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=self._collate)
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
+        if self.multi_label:
+            probabilities = torch.sigmoid(output.float()).cpu()
+            thresholds = torch.tensor(self.thresholds or [0.5] * probabilities.shape[1])
+            chosen = probabilities >= thresholds
+            indices = batch["index"].tolist()
+            return [{"index": indices[i], "labels": torch.nonzero(chosen[i]).flatten().tolist(),
+                     "score": float(probabilities[i][chosen[i]].min()) if chosen[i].any() else 0.0,
+                     "probs": probabilities[i].tolist()} for i in range(len(indices))]
         probabilities = torch.softmax(output.float(), dim=-1).cpu()
         scores, labels = probabilities.max(dim=-1)
         indices = batch["index"].tolist()
@@ -118,16 +158,47 @@ class SentimentTask(Task):
             for i in range(len(indices))
         ]
 
-    def references(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
+    def references(self, batch: Mapping[str, torch.Tensor]) -> list[Any]:
+        if self.multi_label:  # each text's label ids
+            return [torch.nonzero(row > 0.5).flatten().tolist() for row in batch["labels"].cpu()]
         return batch["labels"].tolist()
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
+        if self.multi_label:
+            self.thresholds = self._choose_thresholds(model)
+            # In the checkpoint's config.json, beside id2label, for anyone loading it with transformers.
+            model.network.config.label_thresholds = dict(zip(self.labels_of_model, self.thresholds))
         save_classifier(model, self.tokenizer, folder)
+
+    @torch.no_grad()
+    def _choose_thresholds(self, model: torch.nn.Module) -> list[float]:
+        """Each label's threshold with the best F1 on the validation data (0.5 for a label it
+        never shows); the thresholds the saved model predicts with."""
+        labels = len(self.labels_of_model)
+        if self._threshold_data is None:
+            return [0.5] * labels
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        probabilities, truth = [], []
+        for batch in self.dataloader(self._threshold_data, batch_size=32, train=False, seed=0):
+            inputs = {key: value.to(device) for key, value in batch.items() if key in TOKEN_FIELDS}
+            probabilities.append(torch.sigmoid(model(inputs)["output"].float()).cpu())
+            truth.append(batch["labels"] > 0.5)
+        model.train(was_training)
+        from taskzoo_sentiment.metrics import best_thresholds
+
+        return best_thresholds(torch.cat(probabilities).numpy(), torch.cat(truth).numpy())
 
     def load(self, folder: Path) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
         self.tokenizer, model, self._labels = load_classifier(AutoModelForSequenceClassification, folder)
+        config = model.network.config
+        self._loaded_multi_label = config.problem_type == MULTI_LABEL
+        if self._loaded_multi_label:
+            saved = getattr(config, "label_thresholds", None) or {}
+            self.thresholds = [float(saved.get(label, 0.5)) for label in self._labels]
         return model
 
     def export_graph(self, model: torch.nn.Module) -> Any:
@@ -141,7 +212,11 @@ class SentimentTask(Task):
         records = []
         for p in sorted(predictions, key=lambda p: p["index"]):
             record = dict(data.records[p["index"]]) if data.records else {data.text_column: data.texts[p["index"]]}
-            record["prediction"] = labels[p["label"]]
+            if self.multi_label:
+                record["prediction"] = self.separator.join(labels[i] for i in p["labels"])
+                record["labels"] = [labels[i] for i in p["labels"]]
+            else:
+                record["prediction"] = labels[p["label"]]
             record["score"] = round(p["score"], 6)
             record["scores"] = {labels[i]: round(v, 6) for i, v in enumerate(p["probs"])}
             records.append({"row": data.rows[p["index"]], **record})
@@ -163,7 +238,7 @@ class SentimentTask(Task):
             text = json_lines_text(records)
         elif suffix in (".csv", ".tsv"):
             # One column per label with --all-scores; the row number stays out, as it was read.
-            rows = [{**{k: v for k, v in r.items() if k not in ("row", "scores")},
+            rows = [{**{k: v for k, v in r.items() if k not in ("row", "scores", "labels")},
                      **({f"score_{label}": value for label, value in r["scores"].items()} if all_scores else {})}
                     for r in records]
             fields = list(rows[0]) if rows else ["prediction", "score"]
@@ -173,6 +248,10 @@ class SentimentTask(Task):
         return write_or_return(text, output)
 
     def report(self, folder: Path, metrics: Mapping[str, Any]) -> list[Path]:
+        if self.multi_label and isinstance(metrics.get("per_class"), Mapping):
+            from taskzoo_sentiment.metrics import plot_per_label
+
+            return [plot_per_label(metrics, self.thresholds, folder / "per_label.png")]
         if "confusion_matrix" not in metrics:
             return []
         accuracy = metrics.get("accuracy")
