@@ -91,6 +91,14 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("gradient-checkpointing", "Recompute activations in the backward pass instead of keeping them "
            "(transformers and timm backbones): less memory for about a third more compute.", type=bool,
            default=False, commands=_RUN),
+    Option("lora", "Train low-rank adapters of this rank (peft) instead of every weight of a transformers "
+           "backbone (sentiment, NER); model/ is saved with them merged, adapter/ beside it.", type=int, minimum=1,
+           commands=_RUN),
+    Option("lora-alpha", "LoRA scaling alpha (default: twice --lora).", type=float, above=0, commands=_RUN),
+    Option("lora-dropout", "Dropout on the LoRA adapters' input.", type=float, default=0.05, minimum=0, below=1,
+           commands=_RUN),
+    Option("lora-targets", "Layers to adapt, comma-separated (default: peft's choice for the architecture, "
+           "e.g. query,value for BERT-like encoders).", commands=_RUN),
     Option("log-every", "Log loss and throughput every N optimizer steps.", type=int, default=10, minimum=1,
            commands=_RUN),
     Option("tensorboard", "Also write TensorBoard logs into the run folder (as --report-to tensorboard).", type=bool,

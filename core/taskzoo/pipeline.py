@@ -192,6 +192,12 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
         with run_folders.damaged_file(f"--resume {start_from.parent}: its model/ cannot be loaded",
                                f"expected what a {spec.name} run saves there"):
             model = task.load(start_from)
+    if values.get("lora"):
+        from taskzoo.helpers.lora import apply_lora
+
+        targets = [t.strip() for t in str(values.get("lora_targets") or "").split(",") if t.strip()]
+        shown("info", apply_lora(model, rank=values["lora"], alpha=values.get("lora_alpha"),
+                                 dropout=values.get("lora_dropout") or 0.0, targets=targets))
     return Prepared(spec, values, task, train, val, labels, backbone, model, accelerator)
 
 

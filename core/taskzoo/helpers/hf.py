@@ -103,9 +103,17 @@ def build_classifier(auto_class: Any, backbone: BackboneSpec, labels: Sequence[s
 
 
 def save_classifier(model: TransformersAdapter, tokenizer: Any, folder: Path) -> None:
-    """``save_pretrained`` (safetensors) of model and tokenizer: the folder loads in a transformers pipeline."""
+    """``save_pretrained`` (safetensors) of model and tokenizer: the folder loads in a transformers
+    pipeline. A LoRA model (``--lora``) is saved with its adapters merged, and the adapter itself
+    (peft's layout) in ``adapter/`` beside the folder."""
+    from taskzoo.helpers.lora import is_lora, merged_copy
+
     folder.mkdir(parents=True, exist_ok=True)
-    model.network.save_pretrained(folder, safe_serialization=True)
+    network = model.network
+    if is_lora(network):
+        network.save_pretrained(folder.parent / "adapter", safe_serialization=True)
+        network = merged_copy(network)
+    network.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
 
