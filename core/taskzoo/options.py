@@ -91,6 +91,9 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("gradient-checkpointing", "Recompute activations in the backward pass instead of keeping them "
            "(transformers and timm backbones): less memory for about a third more compute.", type=bool,
            default=False, commands=_RUN),
+    Option("compile", "Compile the model's forward pass with torch.compile (one warning and eager training where "
+           "it cannot); off by default: it has not yet been shown to pay for a fine-tune's length.", type=bool,
+           default=False, commands=_RUN),
     Option("lora", "Train low-rank adapters of this rank (peft) instead of every weight of a transformers "
            "backbone (sentiment, NER); model/ is saved with them merged, adapter/ beside it.", type=int, minimum=1,
            commands=_RUN),

@@ -66,6 +66,7 @@ class TrainingArgs:
     log_every: int = default_of("log_every")
     save_every: int = default_of("save_every")
     gradient_checkpointing: bool = default_of("gradient_checkpointing")
+    compile: bool = default_of("compile")
 
     @classmethod
     def from_options(cls, values: dict[str, Any]) -> TrainingArgs:
@@ -339,6 +340,8 @@ class Trainer:
         if args.gradient_checkpointing and not enable_gradient_checkpointing(model):
             task.context.warn("--gradient-checkpointing: no transformers or timm network in this model supports "
                               "it; training keeps every activation")
+        if args.compile:
+            compile_with_fallback(model, task.context.warn)
         set_seed(args.seed)
         train_loader = task.dataloader(train_data, batch_size=args.batch_size, train=True, seed=args.seed)
         val_loader = task.dataloader(
@@ -724,6 +727,34 @@ def _peak_rss_bytes() -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS counts bytes, Linux kibibytes
+
+
+def _compile_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from torch.compile (dynamo tracing or a backend's compiler), not from the model."""
+    return type(error).__module__.startswith(("torch._dynamo", "torch._inductor")) or any(
+        type(error).__name__ == name for name in ("BackendCompilerFailed", "InductorError", "Unsupported"))
+
+
+def compile_with_fallback(model: torch.nn.Module, warn: Callable[[str], None]) -> None:
+    """Compile ``model``'s forward pass in place (its state_dict keeps its names, so checkpoints
+    and saved models do not change). Compilation happens at the first call; if it fails there,
+    the model goes back to eager with one warning and the call is repeated eagerly, so a model
+    that cannot compile never fails a run. Shapes that change are compiled as dynamic ones."""
+    eager = model.forward
+    compiled = torch.compile(eager, dynamic=None)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - only compiler failures are caught (re-raised otherwise)
+            if not _compile_failure(error):
+                raise
+            first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            warn(f"--compile: {type(model).__name__} could not be compiled ({first.strip()[:200]}); training eagerly")
+            model.forward = eager
+            return eager(*args, **kwargs)
+
+    model.forward = forward
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> list[str]:
