@@ -274,3 +274,14 @@ def test_the_server_folds_in_liked_items_and_never_reads_a_file_a_request_names(
         status, refused = http(f"{url}/predict", {"inputs": ["u1"], "items": str(topics / "items.csv")})
         assert status == 422 and refused["field"] == "items" and "unknown field 'items'" in refused["error"]
         assert http_json(f"{url}/health", None)["status"] == "ok"
+
+
+def test_the_hybrid_exports_to_onnx_for_known_users(topics, runner):
+    out = tasks(runner, "export", "--model", topics / "run", code=2)
+    assert "validation split cannot be scored again" in out and "--data FILE" in out
+    out = tasks(runner, "export", "--model", topics / "run", "--data", topics / "test.csv")
+    assert "same answer 120/120" in out
+    onnx = tasks(runner, "predict", "--model", topics / "run", "--user", "u5", "--k", "4", "--runtime", "onnx")
+    assert onnx == tasks(runner, "predict", "--model", topics / "run", "--user", "u5", "--k", "4")
+    out = tasks(runner, "predict", "--model", topics / "run", "--liked", "ast01", "--runtime", "onnx", code=2)
+    assert "--liked, new users' histories and predict --items need --runtime torch" in out

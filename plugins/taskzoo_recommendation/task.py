@@ -269,6 +269,10 @@ class RecommendationTask(Task):
         from taskzoo.helpers.splits import _check_fraction
 
         _check_fraction(val_fraction)
+        if self.users is None:  # a saved model's split (export's parity check): its seen items include it
+            raise UserError(f"{data.path}: a saved recommender's validation split cannot be scored again (the model "
+                            "counts its interactions as seen); give held-out interactions: tasks export --model RUN "
+                            "--data FILE")
         pairs = self._pairs(data, "train")
         held = holdout_mask(pairs, val_fraction=val_fraction, seed=seed)
         if not held.any():
