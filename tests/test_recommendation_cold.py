@@ -123,6 +123,9 @@ def test_predict_ranks_only_new_items_and_folds_in_visitors(topics, runner):
     firsts = {line.split("\t")[0]: line.split("\t")[1] for line in out.strip().splitlines()[1:]}
     assert firsts == {"u0": "new-goal", "u1": "new-sky", "u2": "new-food"}  # topics: foo, ast, coo
 
+    out = tasks(runner, "predict", "--model", topics / "run", "--similar-to", "new-goal", "--items", today, "--k", "2")
+    assert [line.split("\t")[1] for line in out.strip().splitlines()[1:]] in (["new-sky", "new-food"],
+                                                                              ["new-food", "new-sky"])
     out = tasks(runner, "predict", "--model", topics / "run", "--liked", "ast20,ast21,ast03", "--k", "5")
     rows = [line.split("\t") for line in out.strip().splitlines()[1:]]
     assert [r[0] for r in rows] == ["visitor"] * 5

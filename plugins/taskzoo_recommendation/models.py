@@ -119,7 +119,12 @@ class FactorModel(torch.nn.Module):
         k = int(batch["top_k"])
         items = self.item_vectors()
         if "query_items" in batch:
-            return {"loss": None, "output": most_similar(self.similarity(batch["query_items"], items), batch["query_items"], k)}
+            similarity = self.similarity(batch["query_items"], items)
+            if "candidates" in batch:  # predict --items: only those items
+                outside = torch.ones(similarity.shape[1], dtype=torch.bool, device=similarity.device)
+                outside[batch["candidates"]] = False
+                similarity[:, outside] = float("-inf")
+            return {"loss": None, "output": most_similar(similarity, batch["query_items"], k)}
         users = batch["users"]
         vectors = self.user_vectors(batch, items)
         best = rank(vectors, items, k, batch, self.threads)
