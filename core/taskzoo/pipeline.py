@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def _quiet(level: str, message: str) -> None:
 
 
 def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost | None = None,
-              notify: Notify | None = None) -> Task:
+              notify: Notify | None = None, workers: int | None = None) -> Task:
     """A task instance with its options and the context the pipeline hands every task; the task's
     warnings go to ``notify`` (default: printed to stderr)."""
     from taskzoo.weights import available_offline
@@ -74,6 +74,7 @@ def make_task(spec: TaskSpec, task_options: Mapping[str, Any], host: PluginHost 
         backbones=backbones,
         offline_backbones=tuple(b.name for b in backbones if not b.role and available_offline(b)),
         finished_run=finished_run,
+        workers=workers,
         **({"warn": lambda message: notify("warning", message)} if notify else {}),
     )
     return task_class(spec)(spec, fetched(spec, task_options), context)
@@ -153,7 +154,7 @@ def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet
     if not values.get("data"):
         raise UserError("--data is required (or give it in --config)")
     host = host or get_host()
-    task = make_task(spec, schema.task_options(spec, values), host, notify)
+    task = make_task(spec, schema.task_options(spec, values), host, notify, workers=values.get("workers"))
     train = read_checked(task, values["data"], "train", notify, values=values)
     labels = task.labels(train)
     if values.get("val"):
@@ -479,6 +480,7 @@ def _apply(loaded: Loaded, values: Mapping[str, Any], given: Mapping[str, Any]) 
     options = dict(loaded.run_options)
     options.update({k: values[k] for k in given if k in options and values.get(k) is not None})
     loaded.task.options = fetched(loaded.spec, options)
+    loaded.task.context = replace(loaded.task.context, workers=values.get("workers"))
     loaded.batch_size = values["batch_size"] if given.get("batch_size") else 2 * int(loaded.config.get("batch_size") or 16)
 
 

@@ -215,7 +215,8 @@ class DetectionTask(Task):
         dataset = ImagesAndBoxes(data, train, seed)
         collate = self._collate_transformers if self._config["family"] == "transformers" else self._collate_torchvision
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, collate_fn=collate)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, collate_fn=collate,
+                          **self.context.loader_options(train))
 
     @staticmethod
     def _references(items: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:

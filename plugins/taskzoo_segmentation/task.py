@@ -171,7 +171,8 @@ class SegmentationTask(Task):
         # BatchNorm cannot train on a batch of one: drop a last batch that small.
         drop_last = train and len(dataset) % batch_size == 1
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, drop_last=drop_last,
+                          **self.context.loader_options(train))
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
         predicted = output.argmax(dim=1)

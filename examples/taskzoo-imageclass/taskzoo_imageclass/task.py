@@ -133,7 +133,7 @@ class ImageClassTask(Task):
         drop_last = train and len(data) % batch_size == 1
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(Images(data, self._transform(train)), batch_size=batch_size, shuffle=train,
-                          generator=generator, drop_last=drop_last)
+                          generator=generator, drop_last=drop_last, **self.context.loader_options(train))
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
         probabilities = output.float().softmax(dim=1)
