@@ -1,4 +1,4 @@
-"""--workers: vision batches decoded and augmented in worker processes give exactly the batches
+"""--data-workers: vision batches decoded and augmented in worker processes give exactly the batches
 of the training thread (per-item seeds, the epoch reaching the workers), and the default follows
 the core count."""
 
@@ -29,7 +29,7 @@ def test_workers_train_exactly_as_the_training_thread_does(runner, tmp_path):
     histories = {}
     for workers in ("0", "2"):
         result = runner.invoke(cli, ["run", "segmentation", "--data", str(SAMPLE / "train"), "--epochs", "2",
-                                     "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--workers", workers,
+                                     "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--data-workers", workers,
                                      "--output", str(tmp_path / workers)])
         assert result.exit_code == 0, result.output
         histories[workers] = json.loads((tmp_path / workers / "metrics.json").read_text())["history"]
@@ -38,3 +38,12 @@ def test_workers_train_exactly_as_the_training_thread_does(runner, tmp_path):
     for zero, two in zip(histories["0"], histories["2"]):
         assert two["train_loss"] == pytest.approx(zero["train_loss"], rel=1e-5)
         assert two["val"]["mean_iou"] == pytest.approx(zero["val"]["mean_iou"], rel=1e-5)
+
+
+def test_every_shared_option_is_declared_once():
+    from collections import Counter
+
+    from taskzoo.options import SHARED_OPTIONS
+
+    twice = [name for name, count in Counter(option.name for option in SHARED_OPTIONS).items() if count > 1]
+    assert not twice, f"declared more than once: {twice}"  # serve's --workers and --data-workers once clashed

@@ -91,7 +91,7 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("gradient-checkpointing", "Recompute activations in the backward pass instead of keeping them "
            "(transformers and timm backbones): less memory for about a third more compute.", type=bool,
            default=False, commands=_RUN),
-    Option("workers", "Processes that decode and augment batches beside training (vision tasks; default: "
+    Option("data-workers", "Processes that decode and augment batches beside training (vision tasks; default: "
            "min(4, cores - 1) with 4 or more cores, else 0: the training thread does it).", type=int, minimum=0,
            commands=("run", "evaluate", "predict")),
     Option("compile", "Compile the model's forward pass with torch.compile (one warning and eager training where "

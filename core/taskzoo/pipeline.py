@@ -154,7 +154,7 @@ def read_data(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet
     if not values.get("data"):
         raise UserError("--data is required (or give it in --config)")
     host = host or get_host()
-    task = make_task(spec, schema.task_options(spec, values), host, notify, workers=values.get("workers"))
+    task = make_task(spec, schema.task_options(spec, values), host, notify, workers=values.get("data_workers"))
     train = read_checked(task, values["data"], "train", notify, values=values)
     labels = task.labels(train)
     if values.get("val"):
@@ -480,7 +480,7 @@ def _apply(loaded: Loaded, values: Mapping[str, Any], given: Mapping[str, Any]) 
     options = dict(loaded.run_options)
     options.update({k: values[k] for k in given if k in options and values.get(k) is not None})
     loaded.task.options = fetched(loaded.spec, options)
-    loaded.task.context = replace(loaded.task.context, workers=values.get("workers"))
+    loaded.task.context = replace(loaded.task.context, workers=values.get("data_workers"))
     loaded.batch_size = values["batch_size"] if given.get("batch_size") else 2 * int(loaded.config.get("batch_size") or 16)
 
 

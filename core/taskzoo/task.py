@@ -77,7 +77,7 @@ class TaskContext:
     ``finished_run(folder, option)``: the complete run of this task at ``folder``, or a `UserError`
     naming ``option`` (``init``) when it is not one. ``warn(message)``: tell the user something the
     work survives (the command line prints ``warning: ...``, Python issues a `UserWarning`).
-    ``workers``: processes that should load and augment batches (``--workers``); tasks whose
+    ``workers``: processes that should load and augment batches (``--data-workers``); tasks whose
     batches cost real work to make (decoding and augmenting images) pass `loader_options` to their
     DataLoader.
     """
@@ -89,7 +89,7 @@ class TaskContext:
     workers: int | None = None
 
     def loader_options(self, train: bool) -> dict[str, Any]:
-        """DataLoader keywords: ``num_workers`` (``--workers``, default `default_workers`) and pinned
+        """DataLoader keywords: ``num_workers`` (``--data-workers``, default `default_workers`) and pinned
         memory when batches go to a GPU. Workers are started anew each epoch (not persistent), so
         they see the epoch a dataset's ``set_epoch`` set: augmentation differs from epoch to epoch."""
         import torch
@@ -99,7 +99,7 @@ class TaskContext:
 
 
 def default_workers() -> int:
-    """Batch-loading processes when ``--workers`` is not given: one core is left to training, and
+    """Batch-loading processes when ``--data-workers`` is not given: one core is left to training, and
     below four cores none (extra processes then cost more than they give)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(4, cores - 1) if cores >= 4 else 0

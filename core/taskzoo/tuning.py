@@ -46,7 +46,7 @@ TUNE_KEYS = frozenset(option.key for option in schema.SHARED_OPTIONS if option.c
 # Run options a search may not vary: where data and runs are, and how the machine is used.
 _NOT_SEARCHABLE = frozenset({"data", "val", "split", "subset", "config", "output", "resume", "overwrite", "backbone",
                              "device", "log_every", "tensorboard", "save_every", "keep_checkpoint", "seed",
-                             "gradient_checkpointing", "compile", "workers"})
+                             "gradient_checkpointing", "compile", "data_workers"})
 # Heartbeats of database storages: a trial silent this long is failed and queued again.
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120
 # The pictures are drawn at the end and at most this often in between (a few seconds each).
