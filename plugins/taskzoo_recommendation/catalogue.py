@@ -13,7 +13,7 @@ import numpy as np
 
 from taskzoo import DataError, Finding
 from taskzoo.helpers.tables import TABLE_FORMATS, find_column, read_table
-from taskzoo_recommendation.data import ITEM_COLUMNS, PARQUET, plain_column_name, read_frame
+from taskzoo_recommendation.data import ITEM_COLUMNS, plain_column_name, read_frame
 
 # An items file often names its id column just "id".
 CATALOGUE_ID_COLUMNS = (*ITEM_COLUMNS, "id")
@@ -47,24 +47,12 @@ class Catalogue:
 
 
 def _frame(path: Path) -> Any:
-    import pandas as pd
-
-    if path.suffix.lower() in PARQUET:
-        if not path.exists():
-            raise DataError(f"{path}: no such file")
-        try:
-            frame = pd.read_parquet(path).astype(str)
-        except Exception as error:  # pyarrow raises its own types for broken files
-            raise DataError(f"{path}: not a readable Parquet file: {' '.join(str(error).split())}") from None
-        if frame.empty:
-            raise DataError(f"{path}: no data rows")
-        return frame.replace({"None": "", "nan": ""})
     if path.suffix.lower() not in TABLE_FORMATS:  # RecBole's .item, MovieLens-style text: sniffed as the interactions are
         frame, _ = read_frame(path, CATALOGUE_ID_COLUMNS)
         return frame.astype(str).replace({"nan": ""})
-    frame = read_table(path)
+    frame = read_table(path)  # CSV, TSV, JSON Lines and Parquet, with the shared reader's errors
     frame.columns = [plain_column_name(c) for c in frame.columns]
-    # JSON Lines cells may be lists (genres, tags): one text each.
+    # JSON Lines and Parquet cells may be lists (genres, tags): one text each.
     return frame.apply(lambda column: column.map(_cell_text))
 
 
