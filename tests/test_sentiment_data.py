@@ -136,7 +136,7 @@ def test_a_bad_row_in_a_later_part_names_it(tmp_path):
 
     path = tmp_path / "new.csv"
     path.write_bytes(b"review\n" + b"".join(f"text {i}\n".encode() for i in range(20)) + b"caf\xe9 au lait\n")
-    with pytest.raises(DataError, match=rf"{path}: after data row \d+: byte 0xe9 is not valid UTF-8"):
+    with pytest.raises(DataError, match=rf"{path}: line 22: byte 0xe9 is not valid UTF-8"):
         list(read_texts_in_parts(path, 5))
     empty = write_csv(tmp_path / "empty.csv", ["review"], [[""], [""]])
     with pytest.raises(DataError, match="has no usable text"):

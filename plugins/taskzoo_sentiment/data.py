@@ -1,16 +1,18 @@
-"""Reading labelled texts from CSV, TSV or JSON Lines, checking them, and splitting them."""
+"""Reading labelled texts from CSV, TSV, JSON Lines or Parquet, checking them, and splitting them."""
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from taskzoo import DataError, Finding
+from taskzoo.helpers.columns import Column, Spool
 from taskzoo.helpers.tables import find_column, is_number, read_table, read_table_parts, read_text
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content", "body", "comment", "review_text", "document", "tweet", "message")
@@ -21,12 +23,13 @@ MISSING = {"", "nan", "none", "null", "n/a"}
 
 @dataclass
 class TextData:
-    """Texts (and labels) read from one file. ``rows`` are 1-based data rows (the header is not a row)."""
+    """Texts (and labels) read from one file. ``rows`` are 1-based data rows (the header is not a row).
+    Read for training or evaluation they are memory-mapped `Column`\\ s; for prediction, lists."""
 
     path: Path
-    texts: list[str]
-    labels: list[str] | None
-    rows: list[int]
+    texts: Sequence[str]
+    labels: Sequence[str] | None
+    rows: Sequence[int]
     text_column: str
     label_column: str | None
     columns: list[str]
@@ -39,11 +42,15 @@ class TextData:
     def subset(self, indices: Sequence[int]) -> TextData:
         return replace(
             self,
-            texts=[self.texts[i] for i in indices],
-            labels=[self.labels[i] for i in indices] if self.labels is not None else None,
-            rows=[self.rows[i] for i in indices],
-            records=[self.records[i] for i in indices] if self.records else [],
+            texts=_pick(self.texts, indices),
+            labels=_pick(self.labels, indices) if self.labels is not None else None,
+            rows=_pick(self.rows, indices),
+            records=_pick(self.records, indices) if self.records else [],
         )
+
+
+def _pick(values: Sequence[Any], indices: Sequence[int]) -> Sequence[Any]:
+    return values.take(indices) if isinstance(values, Column) else [values[i] for i in indices]
 
 
 def _cell(value: Any) -> str | None:
@@ -76,17 +83,13 @@ def sort_labels(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
-def _same_numbers_one_label(path: Path, column: str | None, rows: Sequence[int], labels: list[str],
-                            known: Sequence[str] | None) -> list[str]:
+def _number_spellings(labels: Sequence[str], known: Sequence[str] | None) -> list[str]:
     """Numeric labels as one spelling per number (``2``, ``2.0`` and ``02`` are the class ``2``),
-    the trained model's own spelling when it has that number; a NaN or infinite label names its row."""
+    the trained model's own spelling when it has that number."""
     def spelling(text: str) -> str:
         number = float(text)
         return str(int(number)) if number.is_integer() else repr(number)
 
-    for row, label in zip(rows, labels):
-        if not math.isfinite(float(label)):
-            raise DataError(f"{path}: row {row}, column '{column}': label '{label}' is not a finite number")
     model = {spelling(k): k for k in known or () if is_number(k) and math.isfinite(float(k))}
     return [model.get(spelling(label), spelling(label)) for label in labels]
 
@@ -125,35 +128,111 @@ def read_texts(
 ) -> TextData:
     """Read one file for ``role`` (train/val/test/predict); a `DataError` names what is wrong.
     With ``label_separator`` (multi-label), each row's label is its set of labels as one text
-    (`label_set` splits it); ``known_labels`` are then single labels."""
+    (`label_set` splits it); ``known_labels`` are then single labels.
+
+    Labelled data (train/val/test) is read in parts of `PART_ROWS` rows into a memory-mapped Arrow
+    file (`taskzoo.helpers.columns`): its texts, labels and rows are `Column`\\ s, not lists, so a
+    training set larger than memory can be trained on. Texts to predict for keep their whole rows."""
     path = Path(path)
-    if role == "predict" and path.suffix.lower() == ".txt":
-        return _read_lines(path)
-    frame = read_table(path)
-    text_col, label_col = _columns(path, list(frame.columns), role, text_column, label_column)
-    data = _from_frame(path, frame, 1, role, text_col, label_col, lists=label_separator)
-    if label_separator is not None and data.labels is not None:
-        _canonical_sets(path, label_col, data, label_separator, known_labels)
-        if role == "train" and len({p for label in data.labels for p in label_set(label, label_separator)}) < 2:
-            raise DataError(f"{path}: column '{label_col}' has a single label; at least two are needed")
-        return data
-    labels, rows = data.labels, data.rows
-    if labels is not None and labels and all(is_number(label) for label in labels):
-        data.labels = labels = _same_numbers_one_label(path, label_col, rows, labels, known_labels)
-    if labels is not None:
-        if role == "train" and len(set(labels)) < 2:
-            raise DataError(
-                f"{path}: column '{label_col}' has a single class ('{labels[0]}'); at least two classes are needed"
-            )
-        if known_labels is not None:
-            allowed = set(known_labels)
-            for row, label in zip(rows, labels):
-                if label not in allowed:
-                    raise DataError(
-                        f"{path}: row {row}, column '{label_col}': label '{label}' was never seen in training "
-                        f"(known: {', '.join(known_labels)})"
-                    )
-    return data
+    if role == "predict":
+        if path.suffix.lower() == ".txt":
+            return _read_lines(path)
+        frame = read_table(path)
+        text_col, _ = _columns(path, list(frame.columns), role, text_column, None)
+        return _from_frame(path, frame, 1, role, text_col, None)
+    return _read_labelled(path, role, text_column, label_column, known_labels, label_separator)
+
+
+PART_ROWS = 50_000  # rows of a labelled file checked and spooled at a time
+
+
+def _read_labelled(path: Path, role: str, text_column: str | None, label_column: str | None,
+                   known_labels: Sequence[str] | None, separator: str | None) -> TextData:
+    import pyarrow as pa
+
+    spool = Spool({"text": pa.string(), "label": pa.string(), "row": pa.int64()})
+    text_col = label_col = None
+    columns: list[str] = []
+    dropped: list[tuple[int, str]] = []
+    seen_rows = 0
+    try:
+        for first, frame in read_table_parts(path, PART_ROWS):
+            if text_col is None:
+                columns = list(frame.columns)
+                text_col, label_col = _columns(path, columns, role, text_column, label_column)
+            part = _from_frame(path, frame, first, role, text_col, label_col, whole_file=False, lists=separator)
+            if separator is not None:
+                _canonical_sets(path, label_col, part, separator, known_labels)
+            spool.append(text=part.texts, label=part.labels, row=part.rows)
+            dropped.extend(part.dropped)
+            seen_rows = first + len(frame) - 1
+    except BaseException:
+        spool.discard()
+        raise
+    spooled = spool.finish()
+    if not len(spooled["text"]):
+        raise DataError(f"{path}: column '{text_col}' has no usable text (all {seen_rows} rows are empty)")
+    labels = _checked_labels(path, label_col, role, spooled, known_labels, separator)
+    return TextData(path=path, texts=spooled["text"], labels=labels, rows=spooled["row"], text_column=text_col,
+                    label_column=label_col, columns=columns, dropped=dropped)
+
+
+def _checked_labels(path: Path, column: str | None, role: str, spooled: dict[str, Column],
+                    known: Sequence[str] | None, separator: str | None) -> Column:
+    """The label column, each label in one spelling, checked over its distinct values (a handful,
+    however many rows): a single class, labels never seen in training, numbers that are not finite.
+    An error names the first row that has the label at fault."""
+    raw = spooled["label"]
+    distinct = [value for batch in _distinct(raw).batches() for value in batch]
+
+    def first_row(label: str) -> int:
+        return spooled["row"][_first_index(raw, label)]
+
+    if separator is not None:
+        if role == "train" and len({p for label in distinct for p in label_set(label, separator)}) < 2:
+            raise DataError(f"{path}: column '{column}' has a single label; at least two are needed")
+        return raw
+    spelling = {label: label for label in distinct}
+    if distinct and all(is_number(label) for label in distinct):
+        for label in distinct:
+            if not math.isfinite(float(label)):
+                raise DataError(f"{path}: row {first_row(label)}, column '{column}': label '{label}' is not a "
+                                "finite number")
+        spelling = dict(zip(distinct, _number_spellings(distinct, known)))
+    if role == "train" and len(set(spelling.values())) < 2:
+        raise DataError(f"{path}: column '{column}' has a single class ('{raw[0]}'); at least two classes are needed")
+    unknown = [label for label in distinct if known is not None and spelling[label] not in set(known)]
+    if unknown:
+        bad = min(unknown, key=first_row)  # the earliest row at fault, as reading row by row would find
+        raise DataError(f"{path}: row {first_row(bad)}, column '{column}': label '{bad}' was never seen in "
+                        f"training (known: {', '.join(known)})")
+    if all(spelling[label] == label for label in distinct):
+        return raw
+    return _respelled(raw, distinct, [spelling[label] for label in distinct])
+
+
+def _distinct(column: Column) -> Column:
+    import pyarrow.compute as pc
+
+    return Column(pc.unique(column._values))
+
+
+def _first_index(column: Column, value: str) -> int:
+    import pyarrow.compute as pc
+
+    return pc.index(column._values, value).as_py()
+
+
+def _respelled(column: Column, distinct: list[str], spelled: list[str]) -> Column:
+    """``column`` with each of ``distinct`` read as its ``spelled`` counterpart: codes (4 bytes a
+    row, in memory) into a dictionary of the new spellings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    codes = pc.index_in(column._values, value_set=pa.array(distinct, pa.string())).cast(pa.int32())
+    chunks = codes.chunks if isinstance(codes, pa.ChunkedArray) else [codes]
+    dictionary = pa.array(spelled, pa.string())
+    return Column(pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, dictionary) for chunk in chunks]))
 
 
 def read_texts_in_parts(path: Path, rows: int, *, text_column: str | None = None) -> Iterator[TextData]:
@@ -293,9 +372,9 @@ def check(data: TextData) -> list[Finding]:
         Finding("info", f"{path}: {len(data)} usable rows; text column '{data.text_column}'"
                 + (f", label column '{data.label_column}'" if data.label_column else ""))
     ]
-    words = [len(t.split()) for t in data.texts]
+    words = np.fromiter((len(t.split()) for t in data.texts), dtype=np.int64, count=len(data))
     findings.append(Finding(
-        "info", f"text length in words: min {min(words)}, median {statistics.median(words):g}, max {max(words)}"
+        "info", f"text length in words: min {words.min()}, median {np.median(words):g}, max {words.max()}"
     ))
     if data.labels is not None:
         counts = Counter(data.labels)
@@ -322,18 +401,7 @@ def check(data: TextData) -> list[Finding]:
             reasons[reason].append(row)
         for reason, rows in reasons.items():
             findings.append(Finding("warning", f"{len(rows)} row(s) will be dropped ({reason}): row {_rows_text(rows)}"))
-    seen: dict[str, int] = {}
-    duplicates, conflicts = [], []
-    for i, text in enumerate(data.texts):
-        key = " ".join(text.lower().split())
-        if key in seen:
-            first = seen[key]
-            if data.labels is not None and data.labels[first] != data.labels[i]:
-                conflicts.append(f"{data.rows[first]}/{data.rows[i]}")
-            else:
-                duplicates.append(data.rows[i])
-        else:
-            seen[key] = i
+    duplicates, conflicts = _repeated_texts(data)
     if duplicates:
         findings.append(Finding("warning", f"{len(duplicates)} duplicate text(s), kept: row {_rows_text(duplicates)}"))
     if conflicts:
@@ -341,3 +409,36 @@ def check(data: TextData) -> list[Finding]:
             "warning", f"{len(conflicts)} text(s) appear with different labels: rows {_rows_text(conflicts)}"
         ))
     return findings
+
+
+def _repeated_texts(data: TextData) -> tuple[list[int], list[str]]:
+    """Rows whose text (case and spacing aside) came before: with the same label (duplicates,
+    their rows) or another (conflicts, "first/later" rows). Through 8-byte hashes sorted in numpy,
+    not a dictionary of every text, so that checking a large file stays within memory; rows whose
+    hashes meet are compared by their texts, so a collision never reports a duplicate."""
+    def key(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    hashes = np.fromiter((hash(key(text)) for text in data.texts), dtype=np.int64, count=len(data))
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # positions (in order) that repeat the one before
+    first_of: dict[int, int] = {}  # index of a repeated row -> index of the first row with its text
+    start = None
+    for position in repeats:
+        if start is None or ordered[start] != ordered[position]:
+            start = position - 1
+        group = [int(i) for i in order[start:position + 1]]
+        later = group[-1]
+        for earlier in group[:-1]:  # the first earlier row whose text really is the same
+            if key(data.texts[earlier]) == key(data.texts[later]):
+                first_of[later] = first_of.get(earlier, earlier)
+                break
+    duplicates, conflicts = [], []
+    for later in sorted(first_of):
+        first = first_of[later]
+        if data.labels is not None and data.labels[first] != data.labels[later]:
+            conflicts.append(f"{data.rows[first]}/{data.rows[later]}")
+        else:
+            duplicates.append(data.rows[later])
+    return duplicates, conflicts

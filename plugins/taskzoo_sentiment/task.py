@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
+from taskzoo.helpers.columns import Column
 from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
 from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, classifier_graph, load_classifier, save_classifier, token_limit
 from taskzoo.helpers.plots import plot_confusion_matrix
@@ -107,39 +109,42 @@ class SentimentTask(Task):
             raise RuntimeError("build or load the model first")
         return self._labels
 
-    def _encode(self, data: TextData) -> list[dict[str, Any]]:
-        encoded = self.tokenizer(data.texts, truncation=True, max_length=self.tokenizer.model_max_length)
-        label_ids = {label: i for i, label in enumerate(self.labels_of_model)}
-        items = []
-        for i in range(len(data)):
-            item = {key: encoded[key][i] for key in TOKEN_FIELDS if key in encoded}
-            item["index"] = i
-            if data.labels is not None:
-                if self.multi_label:
-                    hot = [0.0] * len(label_ids)
-                    for label in label_set(data.labels[i], self.separator):
-                        hot[label_ids[label]] = 1.0
-                    item["labels"] = hot
-                else:
-                    item["labels"] = label_ids[data.labels[i]]
-            items.append(item)
-        return items
+    def _token_lengths(self, data: TextData) -> list[int]:
+        """Each text's length in tokens, tokenised a few thousand at a time and kept as lengths only."""
+        lengths: list[int] = []
+        batches = data.texts.batches(2048) if isinstance(data.texts, Column) else (
+            data.texts[start:start + 2048] for start in range(0, len(data), 2048))
+        for texts in batches:
+            encoded = self.tokenizer(list(texts), truncation=True, max_length=self.tokenizer.model_max_length)
+            lengths.extend(len(ids) for ids in encoded["input_ids"])
+        return lengths
 
-    def _collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        tokens = [{key: item[key] for key in TOKEN_FIELDS if key in item} for item in items]
-        batch = dict(self.tokenizer.pad(tokens, return_tensors="pt"))
-        batch["index"] = torch.tensor([item["index"] for item in items])
-        if "labels" in items[0]:
-            batch["labels"] = torch.tensor([item["labels"] for item in items])
+    def _collate(self, data: TextData, indices: list[int]) -> dict[str, torch.Tensor]:
+        """A batch tokenised when the loader asks for it, so a large training set is never held
+        tokenised: only its texts, memory-mapped, and their lengths."""
+        encoded = self.tokenizer([data.texts[i] for i in indices], truncation=True, padding=True,
+                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        batch = {key: encoded[key] for key in TOKEN_FIELDS if key in encoded}
+        batch["index"] = torch.tensor(indices)
+        if data.labels is not None:
+            label_ids = {label: i for i, label in enumerate(self.labels_of_model)}
+            if self.multi_label:
+                hot = torch.zeros(len(indices), len(label_ids))
+                for row, i in enumerate(indices):
+                    for label in label_set(data.labels[i], self.separator):
+                        hot[row, label_ids[label]] = 1.0
+                batch["labels"] = hot
+            else:
+                batch["labels"] = torch.tensor([label_ids[data.labels[i]] for i in indices])
         return batch
 
     def dataloader(self, data: TextData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
         if not train and data.labels is not None and self.multi_label:
             self._threshold_data = data  # the run's validation data: thresholds are chosen on it when saving
-        items = self._encode(data)
-        lengths = [len(item["input_ids"]) for item in items]
+        lengths = self._token_lengths(data)
         sampler = SeededLengthGroupedSampler(lengths, batch_size, seed) if train else LongestFirstSampler(lengths)
-        return DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=self._collate)
+        return DataLoader(range(len(data)), batch_size=batch_size, sampler=sampler,
+                          collate_fn=functools.partial(self._collate, data))
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
         if self.multi_label:

@@ -139,8 +139,10 @@ def read_table_parts(path: Path, rows: int) -> Iterator[tuple[int, pd.DataFrame]
             except pd.errors.EmptyDataError:
                 raise DataError(f"{path}: the file is empty") from None
             except UnicodeDecodeError as error:
-                raise DataError(f"{path}: after data row {first - 1}: byte 0x{error.object[error.start]:02x} is "
-                                "not valid UTF-8; save the file as UTF-8 (e.g. 'iconv -f latin1 -t utf-8')") from None
+                line, byte = _first_bad_utf8(path) or (None, error.object[error.start])
+                where = f"line {line}" if line else f"after data row {first - 1}"
+                raise DataError(f"{path}: {where}: byte 0x{byte:02x} is not valid UTF-8; save the file as UTF-8 "
+                                "(e.g. 'iconv -f latin1 -t utf-8')") from None
             if frame is None:
                 break
             frame.columns = [str(column).strip() for column in frame.columns]
@@ -149,6 +151,25 @@ def read_table_parts(path: Path, rows: int) -> Iterator[tuple[int, pd.DataFrame]
             first += len(frame)
     if header is None or first == 1:
         raise DataError(f"{path}: no data rows (only a header?)")
+
+
+def _first_bad_utf8(path: Path) -> tuple[int, int] | None:
+    """The line and value of the first byte of ``path`` that is not UTF-8, read a megabyte at a time."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                # the error's offset counts from the bytes the decoder still held before this chunk
+                held = len(error.object) - len(chunk)
+                start = max(error.start - held, 0)
+                return line + chunk[:start].count(b"\n"), error.object[error.start]
+            line += chunk.count(b"\n")
+    return None
 
 
 def _parquet_file(path: Path) -> Any:
