@@ -193,6 +193,38 @@ def test_predict_into_a_file_in_parts_leaves_nothing_when_a_later_part_is_bad(tr
     bad.write_bytes(good.read_bytes() + b"caf\xe9\n")
     output.unlink()
     result = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(bad), "--output", str(output)])
-    assert result.exit_code == 2 and re.search(rf"{bad}: after data row \d+: byte 0xe9 is not valid UTF-8",
+    assert result.exit_code == 2 and re.search(rf"{bad}: line 12: byte 0xe9 is not valid UTF-8",
                                                result.output), result.output
     assert list(output.parent.iterdir()) == []
+
+
+def test_predict_from_parquet_into_parquet_in_parts(trained, runner, tmp_path, monkeypatch):
+    """A Parquet output gets each part as a row group of the records JSON Lines would carry; a
+    failure in a later part leaves no file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from taskzoo import pipeline
+
+    out, _, _ = trained
+    monkeypatch.setattr(pipeline, "PART_SIZE", 4)
+    source = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"id": list(range(10)), "review": [f"a lovely stout number {i}" for i in range(10)]}),
+                   source, row_group_size=3)
+    as_lines, as_table = tmp_path / "preds.jsonl", tmp_path / "preds" / "out.parquet"
+    for output in (as_lines, as_table):
+        result = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(source), "--output", str(output)])
+        assert result.exit_code == 0, result.output
+    written = pq.ParquetFile(as_table)
+    assert written.metadata.num_row_groups == 3  # parts of 4, 4 and 2, each written as it was scored
+    rows = written.read().to_pylist()
+    expected = [json.loads(line) for line in as_lines.read_text(encoding="utf-8").splitlines()]
+    assert [row["review"] for row in rows] == [f"a lovely stout number {i}" for i in range(10)]
+    assert [(r["id"], r["prediction"], r["scores"]) for r in rows] == [
+        (e["id"], e["prediction"], e["scores"]) for e in expected]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"review\n" + b"".join(f"text {i}\n".encode() for i in range(6)) + b"caf\xe9\n")
+    as_table.unlink()
+    result = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(bad), "--output", str(as_table)])
+    assert result.exit_code == 2 and "line 8: byte 0xe9" in result.output, result.output
+    assert list(as_table.parent.iterdir()) == []

@@ -97,6 +97,14 @@ def test_a_folder_is_copied_with_its_layout(bucket):
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png")) == [
         "images/a.png", "images/b.png", "masks/a.png"]
     assert (folder / "masks" / "a.png").read_text() == "tiles/masks/a.png"
+    untouched = (folder / "images" / "a.png").stat().st_mtime_ns
+    client.put_object(Bucket=name, Key="tiles/masks/a.png", Body=b"redrawn")
+    client.put_object(Bucket=name, Key="tiles/images/c.png", Body=b"new")
+    again = storage.fetch(f"s3://{name}/tiles")
+    assert again == folder and (folder / "masks" / "a.png").read_text() == "redrawn"
+    assert (folder / "images" / "c.png").read_text() == "new"
+    assert (folder / "images" / "a.png").stat().st_mtime_ns == untouched  # only what changed is fetched again
+    assert not list(folder.rglob("*.partial"))
 
 
 def test_remote_failures_are_one_line_naming_the_url(bucket, runner, monkeypatch, tmp_path):

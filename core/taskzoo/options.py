@@ -54,7 +54,7 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("model", "A finished run folder.", type=Path, commands=_LOAD, remember=False),
     Option("output", "run: the run folder (default runs/TASK-TIME). tune: the tune folder (default "
            "tunes/TASK-TIME). evaluate: the folder for metrics and pictures "
-           "(default RUN/eval-DATA). predict: a file (.csv, .tsv, .jsonl) or, for tasks that draw pictures, a "
+           "(default RUN/eval-DATA). predict: a file (.csv, .tsv, .jsonl, .parquet) or, for tasks that draw pictures, a "
            "folder (default: the screen). export: the export folder (default RUN/export).", type=Path,
            commands=("run", "evaluate", "predict", "export")),
     Option("json", "Print the result as JSON (evaluate: the metrics; predict: the prediction records; export: "

@@ -579,6 +579,7 @@ class Prediction:
 
 
 _APPENDABLE = {".csv": True, ".tsv": True, ".txt": True, ".jsonl": False}  # suffix -> may start with a header
+_COLUMNAR = (".parquet", ".pq")  # the records of each part (as JSON Lines has them) as a row group
 
 
 def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: Loaded | None = None,
@@ -587,7 +588,7 @@ def predict(folder: Path, data: Path | None, given: Mapping[str, Any], loaded: L
     predictions are written to ``given["output"]``, or made into text for the screen when
     ``as_text``; the records are returned when ``keep_records``.
 
-    Into a file (CSV, TSV, JSON Lines) or a folder, the inputs go through in parts of `PART_SIZE`
+    Into a file (CSV, TSV, JSON Lines, Parquet) or a folder, the inputs go through in parts of `PART_SIZE`
     (`Task.parts`), each written as it is scored; the file appears, whole, when the last part is in.
     ``data`` and ``output`` may be URLs (`taskzoo.storage`)."""
     loaded = loaded or load(folder, "predict", given, notify)
@@ -599,7 +600,8 @@ def _predict_into(loaded: Loaded, data: Any, output: Path | None, *, as_text: bo
     from taskzoo.trainer import predict_all
 
     task = loaded.task
-    streamed = output is not None and (output.suffix.lower() in _APPENDABLE or not output.suffix)
+    columnar = output is not None and output.suffix.lower() in _COLUMNAR
+    streamed = output is not None and (output.suffix.lower() in _APPENDABLE or not output.suffix or columnar)
     if data and streamed:
         inputs = task.read_parts(fetch(data, role="predict", **_dataset_choice(loaded.values, "predict")),
                                  role="predict", labels=task.labels_of_model, size=PART_SIZE)
@@ -618,7 +620,9 @@ def _predict_into(loaded: Loaded, data: Any, output: Path | None, *, as_text: bo
             loader = task.dataloader(part, batch_size=loaded.batch_size, train=False, seed=0)
             model, loader = _for_inference(loaded, loader)
             predictions = predict_all(loaded.accelerator, model, loader, task)
-            if streamed:
+            if columnar:
+                parts.write_records(task.records(part, predictions))
+            elif streamed:
                 task.write_predictions(part, predictions, parts.next())
             elif output is not None or as_text:
                 text = task.write_predictions(part, predictions, output)
@@ -638,7 +642,8 @@ class _Parts:
 
     def __init__(self, output: Path | None) -> None:
         self.output, self.count, self.header = output, 0, b""
-        self.file = output is not None and output.suffix.lower() in _APPENDABLE
+        self.file = output is not None and output.suffix.lower() in (*_APPENDABLE, *_COLUMNAR)
+        self.writer: Any = None  # Parquet: one writer, a row group per part
 
     def __enter__(self) -> _Parts:
         if self.file:
@@ -656,6 +661,21 @@ class _Parts:
         self.count += 1
         return self.part if self.file else self.output
 
+    def write_records(self, records: list[dict[str, Any]]) -> None:
+        """A part's records as a row group of the Parquet file; the first part sets the columns."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            table = pa.Table.from_pylist(records)
+            self.writer = pq.ParquetWriter(self.partial, table.schema)
+        else:
+            unknown = {key for record in records for key in record} - set(self.writer.schema.names)
+            if unknown:
+                raise RuntimeError(f"a later part of the predictions has columns the first had not: {sorted(unknown)}")
+            table = pa.Table.from_pylist(records, schema=self.writer.schema)
+        self.writer.write_table(table)
+
     def _append(self) -> None:
         if not self.file or not self.part.exists():
             return
@@ -672,6 +692,8 @@ class _Parts:
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         if not self.file:
             return
+        if self.writer is not None:
+            self.writer.close()
         if kind is None:
             self._append()
             os.replace(self.partial, self.output)
