@@ -142,6 +142,7 @@ def compare(opts: argparse.Namespace, script: str, arms: Mapping[str, Callable[[
         summary[arm] = {
             "images_per_second": statistics.median(r["images_per_second"] for r in results),
             "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in results),
+            "peak_cuda_mib": statistics.median(r.get("peak_cuda_mib") or 0 for r in results) or None,
             "per_repeat_images_per_second": [r["images_per_second"] for r in results],
             "train_images": results[0]["train_images"],
             **{f"final_{name}": statistics.median(r["quality_by_epoch"][-1][i] for r in results)

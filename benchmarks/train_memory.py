@@ -4,7 +4,9 @@ Writes a CSV of N labelled reviews (seeded), then in a subprocess per arm and si
 training run does before and while it trains: read and check the file, split off validation,
 tokenise, and draw ``--batches`` training batches of 32 from a length-grouped loader. The peak
 resident memory of each child comes from the kernel (``wait4``); each arm also reports how many
-rows it trains on and a digest of the token ids of its first batch, so the arms can be compared.
+rows it trains on and, once its batches are drawn, its resident memory split into anonymous memory
+(what the process holds: Python objects, arrays, the model) and file pages (memory-mapped Arrow
+files and libraries: pages the kernel drops and reads again when memory is short).
 
 - ``taskzoo``: `taskzoo.pipeline.read_data` (the file read in parts into a memory-mapped Arrow
   file, checked) and the sentiment task's loader, which tokenises a batch when it is drawn;
@@ -20,7 +22,6 @@ rows it trains on and a digest of the token ids of its first batch, so the arms 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -48,10 +49,6 @@ def write_reviews(path: Path, rows: int) -> Path:
                 label = "pos" if words.mean() < len(WORDS) / 2 else "neg"
                 stream.write(" ".join(WORDS[j] for j in words) + f" {start + i},{label}\n")
     return path
-
-
-def _digest(batch: dict) -> str:
-    return hashlib.sha256(json.dumps(sorted(batch["input_ids"].flatten().tolist())).encode()).hexdigest()[:12]
 
 
 def arm(name: str, data: Path, batches: int) -> dict:
@@ -105,14 +102,14 @@ def arm(name: str, data: Path, batches: int) -> dict:
         loader = DataLoader(items, batch_size=32, shuffle=True, collate_fn=collate,
                             generator=torch.Generator().manual_seed(0))
     ready = time.perf_counter() - started
-    first = None
-    for number, batch in enumerate(loader):
-        first = first or _digest(batch)
+    for number, _ in enumerate(loader):
         if number + 1 == batches:
             break
     del model
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     return {"arm": name, "rows": rows, "ready_s": round(ready, 1), "seconds": round(time.perf_counter() - started, 1),
-            "first_batch": first}
+            "anon_mib": round(int(status["RssAnon"].split()[0]) / 1024),
+            "file_mib": round(int(status["RssFile"].split()[0]) / 1024)}
 
 
 def run_child(name: str, data: Path, batches: int) -> dict:
@@ -140,15 +137,16 @@ def main() -> None:
     if opts.arm:
         print(json.dumps(arm(opts.arm, opts.file, opts.batches)))
         return
-    print(f"{'rows':>9}  {'file MiB':>8}  {'arm':<9} {'peak RSS MiB':>12}  {'ready s':>7}  {'rows read':>9}")
+    print(f"{'rows':>9}  {'file MiB':>8}  {'arm':<9} {'peak RSS MiB':>12}  {'anon MiB':>8}  {'mapped MiB':>10}  "
+          f"{'ready s':>7}  {'rows read':>9}")
     with tempfile.TemporaryDirectory() as folder:
         for size in opts.sizes:
             data = write_reviews(Path(folder) / f"reviews-{size}.csv", size)
             mib = data.stat().st_size / 2**20
             for name in opts.arms:
                 result = run_child(name, data, opts.batches)
-                print(f"{size:>9,}  {mib:>8.0f}  {name:<9} {result['peak_rss_mib']:>12,}  {result['ready_s']:>7}  "
-                      f"{result['rows']:>9,}", flush=True)
+                print(f"{size:>9,}  {mib:>8.0f}  {name:<9} {result['peak_rss_mib']:>12,}  {result['anon_mib']:>8,}  "
+                      f"{result['file_mib']:>10,}  {result['ready_s']:>7}  {result['rows']:>9,}", flush=True)
 
 
 if __name__ == "__main__":

@@ -319,3 +319,28 @@ def test_metrics_record_the_peak_memory_of_the_run(runner, toy, tmp_path):
     # The process's peak up to the end of training: at least what it held before, not beyond the machine.
     assert before <= summary["peak_rss_bytes"] <= psutil.virtual_memory().total
     assert summary["peak_gpu_memory_bytes"] is None or summary["peak_gpu_memory_bytes"] > 0
+
+
+def test_a_channels_last_model_computes_saves_and_loads_as_a_contiguous_one(tmp_path):
+    """Vision tasks train channels-last (Task.channels_last); safetensors writes only contiguous
+    tensors, so saving packs the model and restores its layout after."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_model, save_model
+
+    from taskzoo.trainer import contiguous_for_saving
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 3))
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 16, 16)
+    assert not fast[0].weight.is_contiguous() and fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(model(images), fast(images), atol=1e-5)
+    with contiguous_for_saving(fast) as packed:
+        save_model(packed, str(tmp_path / "model.safetensors"))
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)  # back as it trains
+    loaded = copy.deepcopy(model)
+    torch.nn.init.zeros_(loaded[0].weight)
+    load_model(loaded, str(tmp_path / "model.safetensors"))
+    assert torch.equal(loaded[0].weight, model[0].weight) and torch.equal(loaded[3].weight, model[3].weight)

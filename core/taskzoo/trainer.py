@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,6 +337,8 @@ class Trainer:
         self.maximise = by_name[main_metric].goal == "max"
         self.context = MetricContext(task=task.name, labels=tuple(task.labels_of_model))
 
+        if task.channels_last:  # NHWC convolutions: faster on GPUs' tensor cores and on CPUs' oneDNN alike
+            model.to(memory_format=torch.channels_last)
         if args.gradient_checkpointing and not enable_gradient_checkpointing(model):
             task.context.warn("--gradient-checkpointing: no transformers or timm network in this model supports "
                               "it; training keeps every activation")
@@ -394,7 +396,8 @@ class Trainer:
             if partial.exists():
                 shutil.rmtree(partial)
             partial.mkdir(parents=True)
-            save_model(self.accelerator.unwrap_model(self.model), str(partial / WEIGHTS))
+            with contiguous_for_saving(self.accelerator.unwrap_model(self.model)) as model:
+                save_model(model, str(partial / WEIGHTS))
             if epoch_end and self.state["best_epoch"] == self.state["epoch"]:
                 _link(partial / WEIGHTS, partial / BEST_WEIGHTS)
             elif (folder / BEST_WEIGHTS).exists():
@@ -482,7 +485,8 @@ class Trainer:
             partial = self.run_dir / (MODEL_FOLDER + ".partial")
             if partial.exists():
                 shutil.rmtree(partial)
-            self.task.save(model, partial)
+            with contiguous_for_saving(model):
+                self.task.save(model, partial)
             replace_folder(partial, self.run_dir / MODEL_FOLDER)
         if accelerator.num_processes > 1:  # the file may be on the main node only
             for tensor in model.state_dict().values():
@@ -733,6 +737,21 @@ def _compile_failure(error: BaseException) -> bool:
     """Whether ``error`` comes from torch.compile (dynamo tracing or a backend's compiler), not from the model."""
     return type(error).__module__.startswith(("torch._dynamo", "torch._inductor")) or any(
         type(error).__name__ == name for name in ("BackendCompilerFailed", "InductorError", "Unsupported"))
+
+
+@contextmanager
+def contiguous_for_saving(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in PyTorch's default memory layout while it is saved (safetensors writes only
+    contiguous tensors), then channels-last again if it was."""
+    channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                        for p in model.parameters())
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    try:
+        yield model
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
 
 
 def compile_with_fallback(model: torch.nn.Module, warn: Callable[[str], None]) -> None:

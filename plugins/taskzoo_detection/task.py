@@ -101,6 +101,7 @@ class ImagesAndBoxes(ItemSeeded, Dataset):
 
 class DetectionTask(Task):
     input_images = True
+    channels_last = True
     _config: dict[str, Any] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -75,6 +75,7 @@ class ImagesAndMasks(ItemSeeded, Dataset):
 
 class SegmentationTask(Task):
     input_images = True
+    channels_last = True
     _classes: Classes | None = None
     _architecture: str = "unet"
     _encoder: str = "efficientnet_lite0"

@@ -66,6 +66,7 @@ def _body(architecture: str, pretrained_from_hub: bool) -> torch.nn.Module:
 
 class ImageClassTask(Task):
     input_images = True  # tasks serve takes image uploads; predict reads them as a folder
+    channels_last = True
     _classes: list[str] | None = None
     _architecture: str = "efficientnet_lite0"
 
