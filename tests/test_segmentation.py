@@ -103,7 +103,8 @@ def test_bad_input_names_the_file_and_exits_2(tmp_path, runner, how, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_augmentation_moves_masks_with_images(tmp_path):
+@pytest.mark.parametrize("augment", ["crop", "flip", "none"])
+def test_augmentation_moves_masks_with_images(tmp_path, augment):
     """A mask that is exactly 'red channel is bright' stays so after random crops and flips."""
     root = tmp_path / "d"
     (root / "images").mkdir(parents=True)
@@ -121,7 +122,7 @@ def test_augmentation_moves_masks_with_images(tmp_path):
         Image.fromarray(mask).save(root / "masks" / f"a{i}.png")
     host = PluginHost()
     spec = host.task("segmentation")
-    task = make_task(spec, {"image_size": 64}, host)
+    task = make_task(spec, {"image_size": 64, "augment": augment}, host)
     data = task.read(root, role="train")
     task.labels(data)
     loader = task.dataloader(data, batch_size=3, train=True, seed=0)
@@ -132,6 +133,29 @@ def test_augmentation_moves_masks_with_images(tmp_path):
         assert batch["mask"].shape == (3, 64, 64) and batch["mask"].dtype.is_floating_point is False
         agreement = ((red > 0.5) == (batch["mask"] == 1)).float().mean()
         assert agreement > 0.97, float(agreement)
+
+
+def test_scores_are_counted_at_each_images_own_size():
+    """Validation masks keep their images' own sizes (a list when they differ); the logits are
+    resized to each, so every pixel a user drew is scored once, thin structures included."""
+    import torch
+
+    from taskzoo_segmentation.task import _collate
+
+    host = PluginHost()
+    task = make_task(host.task("segmentation"), {"image_size": 4}, host)
+    task._previews = {}
+    items = [{"index": 0, "image": torch.zeros(3, 4, 4), "mask": torch.zeros(4, 4, dtype=torch.long),
+              "full_mask": torch.ones(6, 8, dtype=torch.long)},
+             {"index": 1, "image": torch.zeros(3, 4, 4), "mask": torch.zeros(4, 4, dtype=torch.long),
+              "full_mask": torch.zeros(3, 5, dtype=torch.long)}]
+    batch = _collate(items)
+    assert isinstance(batch["full_mask"], list) and batch["mask"].shape == (2, 4, 4)
+    logits = torch.zeros(2, 2, 4, 4)
+    logits[0, 1] = 5.0  # image 0: class 1 everywhere; image 1: class 0 everywhere
+    first, second = (torch.tensor(result["confusion"]) for result in task.predictions(batch, logits))
+    assert first.sum() == 48 and first[1, 1] == 48  # 6 x 8 pixels, all right
+    assert second.sum() == 15 and second[0, 0] == 15
 
 
 @pytest.mark.slow

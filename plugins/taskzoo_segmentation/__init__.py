@@ -39,6 +39,9 @@ def taskzoo_tasks() -> list[TaskSpec]:
                        "--image-size is the longest side instead).", type=int, default=256, minimum=32,
                        commands=("run",)),
                 Option("loss", "Training loss.", choices=("ce", "dice", "ce+dice"), default="ce+dice", commands=("run",)),
+                Option("augment", "Training augmentation: flip (resize, horizontal flips), crop (also random scale "
+                       "and aspect crops and colour jitter), none.", choices=("flip", "crop", "none"), default="crop",
+                       commands=("run",)),
                 Option("no-pretrained", "Start the encoder from random weights (to see what pretraining buys).",
                        type=bool, default=False, commands=("run",)),
                 Option("images", "Folder that a COCO file's file_name entries are relative to (default: beside the "

@@ -51,8 +51,10 @@ class Segmenter(torch.nn.Module):
 
 
 class ImagesAndMasks(ItemSeeded, Dataset):
-    def __init__(self, data: SegmentationData, transform: Any, classes: Classes | None, seed: int = 0) -> None:
+    def __init__(self, data: SegmentationData, transform: Any, classes: Classes | None, seed: int = 0,
+                 full_masks: bool = False) -> None:
         self.data, self.transform, self.classes, self.seed = data, transform, classes, seed
+        self.full_masks = full_masks  # scoring: also each mask at its image's own size
 
     def __len__(self) -> int:
         return len(self.data)
@@ -64,13 +66,26 @@ class ImagesAndMasks(ItemSeeded, Dataset):
         item: dict[str, Any] = {"index": index}
         with self.random_for(index):
             if self.data.masks is not None:
-                mask = mask_array(self.data.masks[index], self.classes, self.data.binary_255)
-                image, mask = self.transform(image, tv_tensors.Mask(torch.from_numpy(mask)))
+                mask = torch.from_numpy(mask_array(self.data.masks[index], self.classes, self.data.binary_255))
+                if self.full_masks:
+                    item["full_mask"] = mask.long()
+                image, mask = self.transform(image, tv_tensors.Mask(mask))
                 item["mask"] = mask.as_subclass(torch.Tensor).long()
             else:
                 image = self.transform(image)
         item["image"] = image.as_subclass(torch.Tensor)
         return item
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacked images and masks; the masks at their images' own sizes as a list, sizes may differ."""
+    from torch.utils.data import default_collate
+
+    full = [item.pop("full_mask") for item in items if "full_mask" in item]
+    batch = default_collate(items)
+    if full:
+        batch["full_mask"] = full
+    return batch
 
 
 class SegmentationTask(Task):
@@ -161,30 +176,44 @@ class SegmentationTask(Task):
         from torchvision.transforms import v2
 
         size = self.image_size
-        steps = [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                 v2.ColorJitter(0.2, 0.2, 0.2, 0.02)] if train else [v2.Resize((size, size), antialias=True)]
+        resize = v2.Resize((size, size), antialias=True)
+        augment = self.options.get("augment") or "crop"
+        if not train or augment == "none":
+            steps = [resize]
+        elif augment == "flip":
+            steps = [resize, v2.RandomHorizontalFlip()]
+        else:  # crop: scale and aspect change, flips, colour
+            steps = [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                     v2.ColorJitter(0.2, 0.2, 0.2, 0.02)]
         return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def dataloader(self, data: SegmentationData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
-        dataset = ImagesAndMasks(data, self._transform(train), data.classes if data.classes.from_file else None, seed)
+        dataset = ImagesAndMasks(data, self._transform(train), data.classes if data.classes.from_file else None, seed,
+                                 full_masks=not train)
         if not train:  # previews picture the last data scored (one part of a large evaluation)
             self._last_data, self._previews = data, {}
         # BatchNorm cannot train on a batch of one: drop a last batch that small.
         drop_last = train and len(dataset) % batch_size == 1
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, drop_last=drop_last,
-                          **self.context.loader_options(train))
+                          collate_fn=_collate, **self.context.loader_options(train))
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
         predicted = output.argmax(dim=1)
         indices = batch["index"].tolist()
         if "mask" in batch:
+            # Scored at each image's own size: the logits are resized to its mask, as the masks a
+            # user draws are compared with what the model predicts for their images.
             classes = output.shape[1]
-            target = batch["mask"]
-            valid = (target >= 0) & (target < classes)
             results = []
             for row, index in enumerate(indices):
-                pairs = target[row][valid[row]] * classes + predicted[row][valid[row]]
+                target = batch["full_mask"][row] if "full_mask" in batch else batch["mask"][row]
+                mine = predicted[row]
+                if tuple(target.shape) != tuple(mine.shape):
+                    mine = torch.nn.functional.interpolate(output[row:row + 1].float(), size=tuple(target.shape),
+                                                           mode="bilinear", align_corners=False)[0].argmax(0)
+                valid = (target >= 0) & (target < classes)
+                pairs = target[valid] * classes + mine[valid]
                 confusion = torch.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
                 results.append({"index": index, "confusion": confusion.cpu().tolist()})
                 self._keep_preview(index, predicted[row])
