@@ -57,7 +57,8 @@ def prepare(task_name: str, opts: argparse.Namespace, options: Mapping[str, Any]
         torch.set_num_threads(opts.threads)
     spec = get_host().task(task_name)
     recipe = {"data": opts.data, "epochs": opts.epochs, "batch_size": opts.batch_size, "lr": opts.lr,
-              "weight_decay": opts.weight_decay, "warmup_ratio": 0.1, "seed": opts.seed, **options}
+              "weight_decay": opts.weight_decay, "warmup_ratio": 0.1, "scheduler": "linear", "seed": opts.seed,
+              **options}  # the plain loop's schedule: warmup, then linear decay
     return pipeline.prepare(spec, schema.resolve(spec, "run", [("benchmark", recipe)]))
 
 

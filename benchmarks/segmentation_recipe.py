@@ -34,6 +34,11 @@ ARMS = {
     "taskzoo --loss ce": ["--loss", "ce"],
     "taskzoo --augment flip": ["--augment", "flip"],
     "taskzoo --loss ce --augment flip": ["--loss", "ce", "--augment", "flip"],
+    "taskzoo --scheduler constant": ["--scheduler", "constant"],
+    "taskzoo --scheduler cosine": ["--scheduler", "cosine"],
+    "taskzoo --scheduler linear": ["--scheduler", "linear"],
+    "taskzoo --loss ce --augment flip --scheduler constant": ["--loss", "ce", "--augment", "flip",
+                                                              "--scheduler", "constant"],
 }
 
 
@@ -107,11 +112,11 @@ def main() -> None:
                     result = (plain_arm(train, val, seed, opts.epochs, opts.lr) if arm == "plain"
                               else taskzoo_arm(ARMS[arm], train, val, seed, opts.epochs, Path(folder)))
                 results[arm].append(result)
-                print(f"seed {seed}  {arm:<36} mean IoU last {result['last']:.3f} best {result['best']:.3f}  "
+                print(f"seed {seed}  {arm:<56} mean IoU last {result['last']:.3f} best {result['best']:.3f}  "
                       f"{result['seconds']:.0f} s", flush=True)
-    print(f"\n{'arm':<36} {'last-epoch mIoU':>16} {'best-epoch mIoU':>16}   (medians over seeds {opts.seeds})")
+    print(f"\n{'arm':<56} {'last-epoch mIoU':>16} {'best-epoch mIoU':>16}   (medians over seeds {opts.seeds})")
     for arm, runs in results.items():
-        print(f"{arm:<36} {statistics.median(r['last'] for r in runs):>16.3f} "
+        print(f"{arm:<56} {statistics.median(r['last'] for r in runs):>16.3f} "
               f"{statistics.median(r['best'] for r in runs):>16.3f}")
 
 

@@ -134,7 +134,7 @@ BAD_VALUES = [
     ("val_fraction", 1.5, "--val-fraction: expected less than 1, got 1.5"),
     ("warmup_ratio", 5, "--warmup-ratio: expected at most 1, got 5"),
     ("grad_accum", 0, "--grad-accum: expected at least 1, got 0"),
-    ("scheduler", "step", "--scheduler: expected one of linear, cosine, got 'step'"),
+    ("scheduler", "step", "--scheduler: expected one of linear, cosine, constant, got 'step'"),
     ("patience", 0, "--patience: expected at least 1, got 0"),
 ]
 

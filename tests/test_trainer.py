@@ -246,12 +246,14 @@ def test_evaluate_and_predict_with_task_options(runner, toy, tmp_path):
     assert wrong.exit_code == 2 and "error: tasks predict: no option --colour; did you mean --flavour?" in wrong.output
 
 
-def test_warmup_then_linear_and_cosine_decay():
+def test_warmup_then_linear_cosine_or_no_decay():
     linear = lr_lambda(10, 110, "linear")
     assert linear(0) == pytest.approx(0.1) and linear(9) == pytest.approx(1.0)
     assert linear(60) == pytest.approx(0.5) and linear(110) == pytest.approx(0.0)
     cosine = lr_lambda(0, 100, "cosine")
     assert cosine(0) == pytest.approx(1.0) and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+    constant = lr_lambda(10, 110, "constant")
+    assert constant(0) == pytest.approx(0.1) and constant(10) == constant(60) == constant(110) == pytest.approx(1.0)
 
 
 def test_optimizer_follows_the_recipe(runner, toy, tmp_path):

@@ -71,7 +71,7 @@ def test_a_space_file_replaces_the_default(tmp_path):
     ("lr: {low: fast, high: 1}", "space.yaml: lr: expected a number, got 'fast'"),
     ("lr: {min: 1, max: 2}", "space.yaml: lr: expected keys low, high and optionally log, got min, max"),
     ("batch-size: [0, 8]", "space.yaml: batch-size: --batch-size: expected at least 1, got 0"),
-    ("scheduler: [linear, steep]", "space.yaml: scheduler: --scheduler: expected one of linear, cosine, got 'steep'"),
+    ("scheduler: [linear, steep]", "space.yaml: scheduler: --scheduler: expected one of linear, cosine, constant, got 'steep'"),
     ("scheduler: {low: 1, high: 2}", "space.yaml: scheduler: --scheduler takes a string: give a list of choices"),
     ("data: [a.csv, b.csv]", "space.yaml: task 'sentiment': no option --data"),
     ("- lr", "space.yaml: expected a mapping of option names to ranges"),

@@ -196,11 +196,13 @@ def _destroy_process_group_at_exit(accelerator: Accelerator) -> None:
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, kind: str):
-    """Linear warmup, then linear or cosine decay to zero."""
+    """Linear warmup, then linear or cosine decay to zero, or (``constant``) the peak kept."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
+        if kind == "constant":
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         progress = min(1.0, progress)
         if kind == "cosine":

@@ -15,7 +15,9 @@ from taskzoo import (BackboneSource, Finding, MetricSpec, Option, SampleData, Se
 from taskzoo.sources import TIMM
 
 TASK = "segmentation"
-DEFAULTS = {"epochs": 15, "lr": 1e-3, "batch_size": 8, "weight_decay": 1e-4}
+# A constant learning rate after warmup: on short runs of few images, decaying it to zero cost
+# mean IoU (benchmarks/segmentation_recipe.py: 0.524 constant against 0.489 linear over two seeds).
+DEFAULTS = {"epochs": 15, "lr": 1e-3, "batch_size": 8, "weight_decay": 1e-4, "scheduler": "constant"}
 
 
 @hookimpl
