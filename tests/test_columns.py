@@ -41,6 +41,17 @@ def test_a_column_reads_like_the_list_it_was_written_from():
         column[100]
 
 
+def test_distinct_values_positions_and_new_spellings_are_computed_in_arrow():
+    column = _spooled(["b", "a", "b", "c", "a"], parts=2)
+    assert column.distinct() == ["b", "a", "c"] and column.index("c") == 3 and column.index("a") == 1
+    with pytest.raises(ValueError):
+        column.index("z")
+    taken = column.take([4, 3, 2])
+    assert taken.distinct() == ["a", "c", "b"] and taken.index("b") == 2
+    assert column.respelled({"b": "B", "c": "a"}) == ["B", "a", "B", "a", "a"]
+    assert taken.respelled({"a": "A"}) == ["A", "c", "b"]
+
+
 def test_the_spooled_file_is_mapped_and_leaves_nothing_behind():
     column = _spooled([f"row {i}" for i in range(1000)])
     assert list(spool_folder().iterdir()) == []  # unlinked once mapped; the mapping keeps it readable

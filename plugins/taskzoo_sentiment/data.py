@@ -183,10 +183,10 @@ def _checked_labels(path: Path, column: str | None, role: str, spooled: dict[str
     however many rows): a single class, labels never seen in training, numbers that are not finite.
     An error names the first row that has the label at fault."""
     raw = spooled["label"]
-    distinct = [value for batch in _distinct(raw).batches() for value in batch]
+    distinct = raw.distinct()
 
     def first_row(label: str) -> int:
-        return spooled["row"][_first_index(raw, label)]
+        return spooled["row"][raw.index(label)]
 
     if separator is not None:
         if role == "train" and len({p for label in distinct for p in label_set(label, separator)}) < 2:
@@ -208,31 +208,7 @@ def _checked_labels(path: Path, column: str | None, role: str, spooled: dict[str
                         f"training (known: {', '.join(known)})")
     if all(spelling[label] == label for label in distinct):
         return raw
-    return _respelled(raw, distinct, [spelling[label] for label in distinct])
-
-
-def _distinct(column: Column) -> Column:
-    import pyarrow.compute as pc
-
-    return Column(pc.unique(column._values))
-
-
-def _first_index(column: Column, value: str) -> int:
-    import pyarrow.compute as pc
-
-    return pc.index(column._values, value).as_py()
-
-
-def _respelled(column: Column, distinct: list[str], spelled: list[str]) -> Column:
-    """``column`` with each of ``distinct`` read as its ``spelled`` counterpart: codes (4 bytes a
-    row, in memory) into a dictionary of the new spellings."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    codes = pc.index_in(column._values, value_set=pa.array(distinct, pa.string())).cast(pa.int32())
-    chunks = codes.chunks if isinstance(codes, pa.ChunkedArray) else [codes]
-    dictionary = pa.array(spelled, pa.string())
-    return Column(pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, dictionary) for chunk in chunks]))
+    return raw.respelled(spelling)
 
 
 def read_texts_in_parts(path: Path, rows: int, *, text_column: str | None = None) -> Iterator[TextData]:

@@ -10,6 +10,7 @@ start: import the module you need (``from taskzoo.helpers.splits import stratifi
 - `taskzoo.helpers.tables`: strict reading of users' tables, writing prediction rows
 - `taskzoo.helpers.splits`: seeded random and stratified train/validation splits
 - `taskzoo.helpers.batching`: length-grouped samplers for text
+- `taskzoo.helpers.columns`: memory-mapped Arrow columns for training sets larger than memory
 - `taskzoo.helpers.augmentation`: image augmentation seeded per item, so resumed epochs repeat it
 - `taskzoo.helpers.plots`: training curves and confusion matrices as PNG files
 """

@@ -88,6 +88,38 @@ class Column(Sequence[Any]):
         values = self._values if self._indices is None else self._values.take(pa.array(self._indices))
         return values.to_numpy()
 
+    def distinct(self) -> list[Any]:
+        """Each value once, in order of first appearance (computed in Arrow, not in Python)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        values = self._values if self._indices is None else self._values.take(pa.array(self._indices))
+        return pc.unique(values).to_pylist()
+
+    def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+        """The first position of ``value`` (searched in Arrow when the column is whole)."""
+        if self._indices is not None or start or stop is not None:
+            return super().index(value, start, len(self) if stop is None else stop)
+        import pyarrow.compute as pc
+
+        position = pc.index(self._values, value).as_py()
+        if position < 0:
+            raise ValueError(f"{value!r} is not in the column")
+        return position
+
+    def respelled(self, spellings: dict[str, str]) -> Column:
+        """A string column with each value read as ``spellings[value]`` (values not named stay as
+        they are): codes into a dictionary of the new spellings, 4 bytes a row in memory."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        old = self.distinct()
+        codes = pc.index_in(self._values, value_set=pa.array(old, pa.string())).cast(pa.int32())
+        chunks = codes.chunks if isinstance(codes, pa.ChunkedArray) else [codes]
+        dictionary = pa.array([spellings.get(value, value) for value in old], pa.string())
+        return Column(pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, dictionary) for chunk in chunks]),
+                      self._indices)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (Column, list, tuple)):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))
@@ -96,7 +128,7 @@ class Column(Sequence[Any]):
     __hash__ = None  # type: ignore[assignment]  # equal to a list, so as unhashable as one
 
     def __repr__(self) -> str:
-        shown = self.take(range(min(3, len(self)))).batches().__next__() if len(self) else []
+        shown = next(self.take(range(min(3, len(self)))).batches(), [])
         return f"Column({len(self)} rows: {shown}{'...' if len(self) > 3 else ''})"
 
 
