@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
-from taskzoo.helpers.columns import Column
 from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
+from taskzoo.helpers.columns import Column
 from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, classifier_graph, load_classifier, save_classifier, token_limit
 from taskzoo.helpers.plots import plot_confusion_matrix
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
