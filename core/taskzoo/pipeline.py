@@ -620,14 +620,15 @@ def _predict_into(loaded: Loaded, data: Any, output: Path | None, *, as_text: bo
             loader = task.dataloader(part, batch_size=loaded.batch_size, train=False, seed=0)
             model, loader = _for_inference(loaded, loader)
             predictions = predict_all(loaded.accelerator, model, loader, task)
+            part_records = task.records(part, predictions) if columnar or keep_records else []
             if columnar:
-                parts.write_records(task.records(part, predictions))
+                parts.write_records(part_records)
             elif streamed:
                 task.write_predictions(part, predictions, parts.next())
             elif output is not None or as_text:
                 text = task.write_predictions(part, predictions, output)
             if keep_records:
-                records.extend(task.records(part, predictions))
+                records.extend(part_records)
             size += task.size(part)
             del loader, model, predictions
             _forget_prepared(loaded.accelerator)

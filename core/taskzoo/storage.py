@@ -46,8 +46,13 @@ def location(value: str | os.PathLike[str]) -> str | Path:
     return str(value) if is_url(value) else Path(value)
 
 
+def cache_home() -> Path:
+    """taskzoo's cache: ``$TASKZOO_CACHE``, default ``~/.cache/taskzoo``."""
+    return Path(os.environ.get("TASKZOO_CACHE") or Path.home() / ".cache" / "taskzoo")
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("TASKZOO_CACHE") or Path.home() / ".cache" / "taskzoo") / "remote"
+    return cache_home() / "remote"
 
 
 def _one_line(error: BaseException) -> str:
@@ -207,7 +212,7 @@ def _copy(text: str) -> Path:
     stamps_file = folder / "stamps.json"
     stamps = json.loads(stamps_file.read_text()) if stamps_file.exists() else {}
     root = info["name"].rstrip("/")
-    wanted: list[tuple[str, Path, str]] = []  # (remote, local, stamp) of the files not cached as they are now
+    wanted: list[tuple[str, Path, Path, str]] = []  # (remote, relative, local, stamp): not cached as they are now
     for remote, details in files.items():
         relative = Path(remote[len(root):].lstrip("/")) if info.get("type") == "directory" else Path()
         local = target / relative if str(relative) not in ("", ".") else target
@@ -215,18 +220,18 @@ def _copy(text: str) -> Path:
         if stamps.get(str(relative)) == stamp and local.exists():
             continue
         local.parent.mkdir(parents=True, exist_ok=True)
-        wanted.append((remote, local, stamp))
-    partials = [local.with_name(local.name + ".partial") for _, local, _ in wanted]
+        wanted.append((remote, relative, local, stamp))
+    partials = [local.with_name(local.name + ".partial") for _, _, local, _ in wanted]
     try:  # one call: the asynchronous stores (s3fs, gcsfs, adlfs) fetch many files at once
         if wanted:
-            fs.get([remote for remote, _, _ in wanted], [str(partial) for partial in partials])
+            fs.get([remote for remote, _, _, _ in wanted], [str(partial) for partial in partials])
     except Exception as error:  # noqa: BLE001 - one line naming the URL
         for partial in partials:
             partial.unlink(missing_ok=True)
         raise _remote_error(text, error) from None
-    for (remote, local, stamp), partial in zip(wanted, partials):
+    for (_, relative, local, stamp), partial in zip(wanted, partials):
         partial.replace(local)
-        stamps[str(local.relative_to(target))] = stamp
+        stamps[str(relative)] = stamp
     folder.mkdir(parents=True, exist_ok=True)
     stamps_file.write_text(json.dumps(stamps))
     return target

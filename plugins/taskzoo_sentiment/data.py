@@ -201,7 +201,8 @@ def _checked_labels(path: Path, column: str | None, role: str, spooled: dict[str
         spelling = dict(zip(distinct, _number_spellings(distinct, known)))
     if role == "train" and len(set(spelling.values())) < 2:
         raise DataError(f"{path}: column '{column}' has a single class ('{raw[0]}'); at least two classes are needed")
-    unknown = [label for label in distinct if known is not None and spelling[label] not in set(known)]
+    allowed = set(known) if known is not None else None
+    unknown = [label for label in distinct if allowed is not None and spelling[label] not in allowed]
     if unknown:
         bad = min(unknown, key=first_row)  # the earliest row at fault, as reading row by row would find
         raise DataError(f"{path}: row {first_row(bad)}, column '{column}': label '{bad}' was never seen in "

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 
 from taskzoo import BackboneSpec, DataError, UserError
 from taskzoo.helpers.batching import LongestFirstSampler, SeededLengthGroupedSampler
-from taskzoo.helpers.columns import Column
 from taskzoo.helpers.hf import TOKEN_FIELDS, TransformersAdapter, build_classifier, classifier_graph, load_classifier, save_classifier, token_limit
 from taskzoo.helpers.plots import plot_confusion_matrix
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
@@ -112,10 +111,9 @@ class SentimentTask(Task):
     def _token_lengths(self, data: TextData) -> list[int]:
         """Each text's length in tokens, tokenised a few thousand at a time and kept as lengths only."""
         lengths: list[int] = []
-        batches = data.texts.batches(2048) if isinstance(data.texts, Column) else (
-            data.texts[start:start + 2048] for start in range(0, len(data), 2048))
-        for texts in batches:
-            encoded = self.tokenizer(list(texts), truncation=True, max_length=self.tokenizer.model_max_length)
+        for start in range(0, len(data), 2048):  # a slice of a Column is a Column: read a batch at a time
+            texts = list(data.texts[start:start + 2048])
+            encoded = self.tokenizer(texts, truncation=True, max_length=self.tokenizer.model_max_length)
             lengths.extend(len(ids) for ids in encoded["input_ids"])
         return lengths
 

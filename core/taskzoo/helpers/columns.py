@@ -28,9 +28,11 @@ _BATCH = 8192  # rows turned into Python objects at a time when a column is iter
 
 
 def spool_folder() -> Path:
-    """Where spooled tables are written: ``$TASKZOO_CACHE/spool`` (default ``~/.cache/taskzoo``),
+    """Where spooled tables are written: ``spool`` in taskzoo's cache (`taskzoo.storage.cache_home`),
     on disk rather than the temporary folder, which is memory on many systems."""
-    root = Path(os.environ.get("TASKZOO_CACHE") or Path.home() / ".cache" / "taskzoo") / "spool"
+    from taskzoo.storage import cache_home
+
+    root = cache_home() / "spool"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -67,15 +69,19 @@ class Column(Sequence[Any]):
         chosen = np.fromiter(indices, dtype=np.int64) if not isinstance(indices, np.ndarray) else indices.astype(np.int64)
         return Column(self._values, chosen if self._indices is None else self._indices[chosen])
 
-    def batches(self, size: int = _BATCH) -> Iterator[list[Any]]:
-        """The values as Python lists of at most ``size``, in order."""
+    def _selected(self, start: int = 0, stop: int | None = None) -> Any:
+        """The Arrow values of positions ``start`` to ``stop`` (a slice of the file, or a take through the indices)."""
         import pyarrow as pa
 
+        stop = len(self) if stop is None else min(stop, len(self))
+        if self._indices is None:
+            return self._values.slice(start, stop - start)
+        return self._values.take(pa.array(self._indices[start:stop]))
+
+    def batches(self, size: int = _BATCH) -> Iterator[list[Any]]:
+        """The values as Python lists of at most ``size``, in order."""
         for start in range(0, len(self), size):
-            if self._indices is None:
-                yield self._values.slice(start, size).to_pylist()
-            else:
-                yield self._values.take(pa.array(self._indices[start:start + size])).to_pylist()
+            yield self._selected(start, start + size).to_pylist()
 
     def __iter__(self) -> Iterator[Any]:
         for batch in self.batches():
@@ -83,18 +89,13 @@ class Column(Sequence[Any]):
 
     def to_numpy(self) -> Any:
         """A numeric column as one numpy array (in memory; 8 bytes a row for integers)."""
-        import pyarrow as pa
-
-        values = self._values if self._indices is None else self._values.take(pa.array(self._indices))
-        return values.to_numpy()
+        return self._selected().to_numpy()
 
     def distinct(self) -> list[Any]:
         """Each value once, in order of first appearance (computed in Arrow, not in Python)."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
-        values = self._values if self._indices is None else self._values.take(pa.array(self._indices))
-        return pc.unique(values).to_pylist()
+        return pc.unique(self._selected()).to_pylist()
 
     def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
         """The first position of ``value`` (searched in Arrow when the column is whole)."""
@@ -144,7 +145,6 @@ class Spool:
         self._path = Path(name)
         self._sink = pa.OSFile(str(self._path), "wb")
         self._writer = pa.ipc.new_file(self._sink, self._schema)
-        self.rows = 0
 
     def append(self, **columns: Sequence[Any]) -> None:
         import pyarrow as pa
@@ -158,7 +158,6 @@ class Spool:
         batch = pa.record_batch([pa.array(columns[name], type=self._schema.field(name).type)
                                  for name in self._schema.names], schema=self._schema)
         self._writer.write_batch(batch)
-        self.rows += batch.num_rows
 
     def finish(self) -> dict[str, Column]:
         import pyarrow as pa
