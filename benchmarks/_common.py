@@ -163,7 +163,7 @@ def fit_taskzoo(
         # Building the Trainer tokenises the data and prepares model/optimizer/loaders: not timed.
         trainer = taskzoo_trainer(
             spec, task, model, train_data, val_data, Path(run_dir), epochs=opts.epochs, batch_size=opts.batch_size,
-            lr=opts.lr, warmup_ratio=opts.warmup_ratio, seed=opts.seed,
+            lr=opts.lr, warmup_ratio=opts.warmup_ratio, seed=opts.seed, mixed_precision=opts.mixed_precision,
         )
         # fit() always saves the best model and a resumable checkpoint each epoch; time those
         # writes so the report can show how much of the fit they are.
@@ -226,8 +226,10 @@ def hf_training_arguments(opts: argparse.Namespace, output_dir: str, warmup_step
     import torch
     from transformers import TrainingArguments
 
+    from taskzoo.trainer import resolved_mixed_precision
+
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda)  # what taskzoo's arm trains in
     extra: dict[str, Any] = {"optim": opts.hf_optim} if opts.hf_optim else {}
     return TrainingArguments(
         output_dir=output_dir,
@@ -249,8 +251,8 @@ def hf_training_arguments(opts: argparse.Namespace, output_dir: str, warmup_step
         report_to="none",
         logging_steps=LOG_EVERY,
         use_cpu=not cuda,
-        bf16=bf16,
-        fp16=cuda and not bf16,  # taskzoo's mixed precision "auto": bf16, else fp16, on CUDA
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         train_sampling_strategy=opts.hf_sampler,
         **extra,
     )
@@ -314,6 +316,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     parser.add_argument("--hf-save", default="epoch", choices=["epoch", "no"],
                         help="transformers checkpoints: each epoch like taskzoo (default), or none")
     parser.add_argument("--hf-optim", default=None, help="transformers optim (default: its own, adamw_torch_fused)")
+    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                        help="taskzoo's --mixed-precision; the transformers arm trains in what it resolves to")
     parser.add_argument("--json", action="store_true", help="print the final result as JSON")
     parser.add_argument("--verbose", action="store_true", help="show the arms' progress bars and logs")
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
@@ -330,7 +334,7 @@ def common_child_args(opts: argparse.Namespace) -> list[str]:
     args = [
         "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size), "--lr", repr(opts.lr),
         "--seed", str(opts.seed), "--warmup-ratio", repr(opts.warmup_ratio), "--hf-sampler", opts.hf_sampler,
-        "--hf-save", opts.hf_save,
+        "--hf-save", opts.hf_save, "--mixed-precision", opts.mixed_precision,
     ]
     for flag, value in (("--threads", opts.threads), ("--backbone", opts.backbone), ("--hf-optim", opts.hf_optim)):
         if value:

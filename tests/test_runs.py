@@ -503,3 +503,106 @@ def test_tasks_runs_lists_compares_and_filters_run_folders(runner, toy, tmp_path
     assert [Path(row["folder"]).name for row in listed] == ["crashed"]
     live.kill()
     assert runner.invoke(cli, ["runs", str(tmp_path / "nowhere")]).exit_code == 2
+
+
+def test_checkpoints_are_written_from_a_snapshot_while_training_goes_on(toy, tmp_path, monkeypatch):
+    import threading
+
+    import torch
+    from safetensors.torch import load_file
+
+    from taskzoo.trainer import Trainer
+
+    at_save, written = {}, []
+    original_save, original_write = Trainer.save_checkpoint, Trainer._write_checkpoint
+
+    def save(self, *, epoch_end=True):
+        model = self.accelerator.unwrap_model(self.model)
+        at_save[self.state["epoch"]] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        original_save(self, epoch_end=epoch_end)
+
+    def slow_write(self, state, best_now):
+        epoch = json.loads(state["trainer"])["epoch"]
+        time.sleep(0.5)  # the next epoch trains meanwhile, changing the live weights
+        original_write(self, state, best_now)
+        saved = load_file(str(self.run_dir / "checkpoint" / "model.safetensors"))
+        written.append((epoch, threading.current_thread().name, sorted(k for k in state if k != "weights"),
+                        all(torch.equal(saved[k], at_save[epoch][k]) for k in saved)))
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    monkeypatch.setattr(Trainer, "_write_checkpoint", slow_write)
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, batch_size=4, lr=0.05, progress=False)
+    assert [w[0] for w in written] == [1, 2, 3]
+    assert all(name.startswith("taskzoo-checkpoint") for _, name, _, _ in written)
+    assert all(same for *_, same in written), "a checkpoint holds weights from after its epoch"
+    # The last epoch leaves out the optimizer state, which a complete run drops anyway.
+    assert [keys for _, _, keys, _ in written] == [["optimizer", "random", "scheduler", "trainer"]] * 2 + [
+        ["random", "trainer"]]
+    assert run.metrics["epochs_run"] == 3 and run_folders.read_status(run.folder)["status"] == "complete"
+
+    written.clear()
+    taskzoo.train("toy", data=toy, output=tmp_path / "kept", epochs=2, keep_checkpoint=True, progress=False)
+    assert [keys for _, _, keys, _ in written] == [["optimizer", "random", "scheduler", "trainer"]] * 2
+
+
+def test_a_checkpoint_too_big_to_copy_is_written_in_place_to_the_same_result(toy, tmp_path, monkeypatch):
+    import threading
+
+    from safetensors.torch import load_file
+
+    from taskzoo import trainer as trainer_module
+
+    common = dict(data=toy, epochs=2, batch_size=4, lr=0.05, keep_checkpoint=True, progress=False)
+    copied = taskzoo.train("toy", output=tmp_path / "copied", **common)
+    threads, original = [], trainer_module.Trainer._write_checkpoint
+    monkeypatch.setattr(trainer_module, "fits_in_memory", lambda size: False)
+    monkeypatch.setattr(trainer_module.Trainer, "_write_checkpoint",
+                        lambda self, *a: (threads.append(threading.current_thread().name), original(self, *a)))
+    in_place = taskzoo.train("toy", output=tmp_path / "in_place", **common)
+    assert threads == ["MainThread", "MainThread"]
+    a = load_file(str(copied.folder / "checkpoint" / "model.safetensors"))
+    b = load_file(str(in_place.folder / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert (in_place.folder / "checkpoint" / "optimizer.pt").read_bytes() == (
+        copied.folder / "checkpoint" / "optimizer.pt").read_bytes()
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_the_run(toy, tmp_path, monkeypatch):
+    from taskzoo import trainer as trainer_module
+
+    def full_disk(weights, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer_module, "save_weights", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, progress=False)
+    status = run_folders.read_status(tmp_path / "run")
+    assert status["status"] == "failed" and "No space left on device" in status["reason"]
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_tied_weights_are_snapshotted_and_saved_once(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    from taskzoo.snapshots import cpu_copy, save_weights
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+    model = Tied()
+    snapshot = cpu_copy(model.state_dict())
+    assert snapshot["embed.weight"] is snapshot["head.weight"]
+    assert snapshot["embed.weight"].data_ptr() != model.embed.weight.data_ptr()  # a copy, not the live tensor
+    path = tmp_path / "w.safetensors"
+    save_weights(snapshot, path)
+    with safe_open(str(path), "pt") as saved:
+        assert list(saved.keys()) == ["embed.weight"] and saved.metadata() == {"head.weight": "embed.weight"}
+    fresh = Tied()
+    load_model(fresh, str(path))  # strict: every name accounted for
+    assert torch.equal(fresh.head.weight, model.embed.weight)

@@ -30,13 +30,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast, broadcast_object_list, gather_object, set_seed
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from tqdm.auto import tqdm
 
 from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.options import default_of
 from taskzoo.run_folders import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
+from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
 from taskzoo.specs import MetricContext, MetricSpec, format_metric
 from taskzoo.task import Task
 
@@ -67,6 +68,7 @@ class TrainingArgs:
     save_every: int = default_of("save_every")
     gradient_checkpointing: bool = default_of("gradient_checkpointing")
     compile: bool = default_of("compile")
+    keep_checkpoint: bool = default_of("keep_checkpoint")
 
     @classmethod
     def from_options(cls, values: dict[str, Any]) -> TrainingArgs:
@@ -95,10 +97,7 @@ def make_accelerator(
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     on_gpu = cuda and device != "cpu"
     _join_restarted_group("nccl" if on_gpu else "gloo")
-    if mixed_precision == "auto":
-        mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
-    if mixed_precision == "fp16" and not on_gpu:
-        raise UserError("--mixed-precision fp16 needs a CUDA device; use bf16 or no on the CPU")
+    mixed_precision = resolved_mixed_precision(mixed_precision, on_gpu=on_gpu)
     accelerator = Accelerator(
         cpu=not on_gpu,
         mixed_precision=mixed_precision,
@@ -114,6 +113,15 @@ def make_accelerator(
                             "--multi_gpu when it finds no GPU): add --multi_gpu, which starts them on the CPU too "
                             "(leave out --cpu; --device cpu after the task keeps the run on the CPU)")
     return accelerator
+
+
+def resolved_mixed_precision(mixed_precision: str, *, on_gpu: bool) -> str:
+    """What ``--mixed-precision`` trains in on this machine: ``auto`` is bf16 (fp16 before Ampere) on CUDA."""
+    if mixed_precision == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
+    if mixed_precision == "fp16" and not on_gpu:
+        raise UserError("--mixed-precision fp16 needs a CUDA device; use bf16 or no on the CPU")
+    return mixed_precision
 
 
 def _join_restarted_group(backend: str) -> None:
@@ -362,6 +370,8 @@ class Trainer:
             model, optimizer, train_loader, val_loader, scheduler
         )
         self._samples_seen, self._train_seconds = 0, 0.0
+        self._writer = BackgroundWriter()
+        self._stop_requests = _StopRequests()
         self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
 
     @staticmethod
@@ -388,32 +398,52 @@ class Trainer:
         """Write weights, optimizer, scheduler, random and trainer state into ``checkpoint/``,
         swapped in whole so a crash never leaves half a checkpoint. ``best.safetensors`` is a hard
         link to the best epoch's weights, so keeping the best model costs no extra copy. Inside an
-        epoch (``epoch_end=False``: ``--save-every``, a stop) the state says how far the epoch got."""
+        epoch (``epoch_end=False``: ``--save-every``, a stop) the state says how far the epoch got.
+
+        The files are written from a snapshot on a background thread while training goes on
+        (`taskzoo.snapshots`); whatever ends training waits for it to be complete. The last epoch's checkpoint
+        leaves out the optimizer state when a complete run would drop it (`keep_progress_only`)."""
         self.accelerator.wait_for_everyone()
         # Each process's own: their dropout draws differ once their batches' shapes do.
         random_states = gather_object([torch.get_rng_state()])  # one process: the list itself
         if self.accelerator.is_main_process:
-            folder = self.run_dir / CHECKPOINT
-            partial = self.run_dir / (CHECKPOINT + ".partial")
-            if partial.exists():
-                shutil.rmtree(partial)
-            partial.mkdir(parents=True)
-            with contiguous_for_saving(self.accelerator.unwrap_model(self.model)) as model:
-                save_model(model, str(partial / WEIGHTS))
-            if epoch_end and self.state["best_epoch"] == self.state["epoch"]:
-                _link(partial / WEIGHTS, partial / BEST_WEIGHTS)
-            elif (folder / BEST_WEIGHTS).exists():
-                _link(folder / BEST_WEIGHTS, partial / BEST_WEIGHTS)
-            if self.resumable:
-                torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
-            torch.save({"torch": random_states[0], "processes": random_states}, partial / RANDOM_STATE)
-            state = {**self.state, "python_rng": _jsonable_random_state()}
-            (partial / TRAINER_STATE).write_text(json.dumps(state), encoding="utf-8")
-            if folder.exists():
-                shutil.rmtree(folder)
-            partial.rename(folder)
+            last = epoch_end and (self.state["epoch"] >= self.args.epochs or self._should_stop())
+            weights = self.accelerator.unwrap_model(self.model).state_dict()
+            state: dict[str, Any] = {"weights": weights}
+            if self.resumable and not (last and not self.args.keep_checkpoint):
+                state["optimizer"] = self.optimizer.state_dict()
+                state["scheduler"] = self.scheduler.state_dict()
+            background = fits_in_memory(tensor_bytes(state))
+            self._writer.wait()  # the previous checkpoint is complete before this one is laid out
+            if background:
+                state = cpu_copy(state)
+            else:  # written in place: safetensors takes only tensors in the default (not channels-last) layout
+                state["weights"] = {name: tensor.contiguous() for name, tensor in weights.items()}
+            state["random"] = {"torch": random_states[0], "processes": random_states}
+            state["trainer"] = json.dumps({**self.state, "python_rng": _jsonable_random_state()})
+            best_now = epoch_end and self.state["best_epoch"] == self.state["epoch"]
+            self._writer.write(lambda: self._write_checkpoint(state, best_now), background=background)
         self.accelerator.wait_for_everyone()
+
+    def _write_checkpoint(self, state: dict[str, Any], best_now: bool) -> None:
+        folder = self.run_dir / CHECKPOINT
+        partial = self.run_dir / (CHECKPOINT + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        save_weights(state["weights"], partial / WEIGHTS)
+        if best_now:
+            _link(partial / WEIGHTS, partial / BEST_WEIGHTS)
+        elif (folder / BEST_WEIGHTS).exists():
+            _link(folder / BEST_WEIGHTS, partial / BEST_WEIGHTS)
+        if "optimizer" in state:
+            torch.save(state["optimizer"], partial / "optimizer.pt")
+            torch.save(state["scheduler"], partial / "scheduler.pt")
+        torch.save(state["random"], partial / RANDOM_STATE)
+        (partial / TRAINER_STATE).write_text(state["trainer"], encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
 
     def load_checkpoint(self, *, extend: bool = False) -> None:
         """Continue from ``checkpoint/``. A complete run keeps only its progress there (see
@@ -511,10 +541,13 @@ class Trainer:
         started = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        with _StopRequests() as self._stop_requests:
-            if not resume:
-                self._fit_before_training()
-            self._train_epochs()
+        try:
+            with self._stop_requests:
+                if not resume:
+                    self._fit_before_training()
+                self._train_epochs()
+        finally:
+            self._writer.close()  # however training ended, the checkpoint being written is finished
         self.save_best_model()
         return {
             "best_epoch": self.state["best_epoch"],
