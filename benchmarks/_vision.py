@@ -40,6 +40,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"],
+                        help="taskzoo's --mixed-precision; the plain loop autocasts to what it resolves to")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--arm", choices=["taskzoo", "plain"], help=argparse.SUPPRESS)
 
@@ -58,7 +60,7 @@ def prepare(task_name: str, opts: argparse.Namespace, options: Mapping[str, Any]
     spec = get_host().task(task_name)
     recipe = {"data": opts.data, "epochs": opts.epochs, "batch_size": opts.batch_size, "lr": opts.lr,
               "weight_decay": opts.weight_decay, "warmup_ratio": 0.1, "scheduler": "linear", "seed": opts.seed,
-              **options}  # the plain loop's schedule: warmup, then linear decay
+              "mixed_precision": opts.mixed_precision, **options}  # the plain loop's schedule: warmup, then linear decay
     return pipeline.prepare(spec, schema.resolve(spec, "run", [("benchmark", recipe)]))
 
 
@@ -93,12 +95,26 @@ def plain_optimizer(model: Any, opts: argparse.Namespace, steps_per_epoch: int) 
     return optimizer, scheduler
 
 
-def plain_train_epoch(model: Any, loader: Any, optimizer: Any, scheduler: Any) -> None:
+def autocast(opts: argparse.Namespace) -> Any:
+    """The plain loop's forward passes in the precision taskzoo's arm trains in (`--mixed-precision`).
+    fp16, which would need a gradient scaler, is not mirrored: on a GPU without bf16, taskzoo's
+    ``auto`` trains in fp16 and the plain loop in fp32 (pass ``--mixed-precision no`` there)."""
+    import torch
+
+    from taskzoo.trainer import resolved_mixed_precision
+
+    cuda = torch.cuda.is_available()
+    precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda)
+    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def plain_train_epoch(model: Any, loader: Any, optimizer: Any, scheduler: Any, opts: argparse.Namespace) -> None:
     import torch
 
     model.train()
     for batch in loader:
-        loss = model(batch)["loss"]
+        with autocast(opts):
+            loss = model(batch)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

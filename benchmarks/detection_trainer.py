@@ -49,10 +49,10 @@ def fit_plain(opts: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="plain-bench-") as run_dir:
         start = time.perf_counter()
         for _ in range(opts.epochs):
-            _vision.plain_train_epoch(model, train_loader, optimizer, scheduler)
+            _vision.plain_train_epoch(model, train_loader, optimizer, scheduler, opts)
             model.eval()
             metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
-            with torch.no_grad():
+            with torch.no_grad(), _vision.autocast(opts):
                 for batch in val_loader:
                     metric.update(model(batch)["output"], [
                         {"boxes": t["boxes"], "labels": t["labels"], "iscrowd": t["crowd"].long()} for t in batch["targets"]

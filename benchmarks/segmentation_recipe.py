@@ -46,7 +46,7 @@ def taskzoo_arm(options: list[str], train: Path, val: Path, seed: int, epochs: i
     output = folder / "run"
     command = [sys.executable, "-m", "taskzoo", "run", "segmentation", "--data", str(train), "--val", str(val),
                "--epochs", str(epochs), "--image-size", "256", "--batch-size", "8", "--seed", str(seed),
-               "--device", "cpu", "--output", str(output), *options]
+               "--device", "cpu", "--mixed-precision", "no", "--output", str(output), *options]  # fp32, as the plain arm
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:

@@ -47,10 +47,10 @@ def fit_plain(opts: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="plain-bench-") as run_dir:
         start = time.perf_counter()
         for _ in range(opts.epochs):
-            _vision.plain_train_epoch(model, train_loader, optimizer, scheduler)
+            _vision.plain_train_epoch(model, train_loader, optimizer, scheduler, opts)
             model.eval()
             confusion = torch.zeros(classes, classes, dtype=torch.long)
-            with torch.no_grad():
+            with torch.no_grad(), _vision.autocast(opts):
                 for batch in val_loader:
                     predicted = model(batch)["output"].argmax(1)
                     valid = batch["mask"] < classes

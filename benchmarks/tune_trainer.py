@@ -48,7 +48,8 @@ def taskzoo_arm(opts: argparse.Namespace) -> dict[str, Any]:
         space.write_text(f"lr: {{low: {LR[0]!r}, high: {LR[1]!r}, log: true}}\nbatch-size: {list(BATCH_SIZES)}\n"
                          f"epochs: {list(EPOCHS)}\n", encoding="utf-8")
         result = taskzoo.tune(TASK, opts.data, trials=opts.trials, space=space, output=Path(scratch) / "tune",
-                              seed=opts.seed, max_length=opts.max_length, device="cpu", progress=opts.verbose)
+                              seed=opts.seed, max_length=opts.max_length, device="cpu", progress=opts.verbose,
+                              mixed_precision="no")  # as the Trainer arm: full precision on the CPU
         seconds = time.perf_counter() - started
     summary = result.summary
     return {"arm": "taskzoo", "seconds": seconds, "best_accuracy": summary["best"]["value"],

@@ -83,9 +83,11 @@ def test_early_stopping_and_best_epoch(runner, toy, tmp_path, monkeypatch):
     assert summary["epochs_run"] == 3 and summary["stopped_early"] and summary["best_epoch"] == 1
 
 
-def test_what_the_task_keeps_from_evaluating_comes_from_the_best_model(runner, toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_what_the_task_keeps_from_evaluating_comes_from_the_best_model(precision, runner, toy, tmp_path, monkeypatch):
     """Pictures of predictions (Task.report) are drawn from what the task saw in its last
-    evaluation; after the last epoch that must be the best model, the one saved in model/."""
+    evaluation; after the last epoch that must be the best model, the one saved in model/.
+    Training in bf16 evaluates in full precision, as `tasks evaluate` does: the same outputs."""
     from toy_plugin import ToyTask
 
     evaluations: list[list[float]] = []
@@ -100,9 +102,11 @@ def test_what_the_task_keeps_from_evaluating_comes_from_the_best_model(runner, t
     monkeypatch.setattr(ToyTask, "predictions", recording)
     val = toy_points(tmp_path / "val.csv", n=40, seed=1)
     out = tmp_path / "run"
-    result = run(runner, "--data", toy, "--val", val, "--output", out, "--epochs", 3, "--lr", 2.0, "--batch-size", 8, "--warmup-ratio", 0)
+    result = run(runner, "--data", toy, "--val", val, "--output", out, "--epochs", 3, "--lr", 2.0, "--batch-size", 8,
+                 "--warmup-ratio", 0, "--mixed-precision", precision)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "metrics.json").read_text())
+    assert summary["mixed_precision"] == precision
     # Separable points: accuracy peaks at once and never rises above it, while the weights move on.
     assert summary["best_epoch"] < summary["epochs_run"] == 3, summary["history"]
     after_training = evaluations[-1]
@@ -346,3 +350,15 @@ def test_a_channels_last_model_computes_saves_and_loads_as_a_contiguous_one(tmp_
     torch.nn.init.zeros_(loaded[0].weight)
     load_model(loaded, str(tmp_path / "model.safetensors"))
     assert torch.equal(loaded[0].weight, model[0].weight) and torch.equal(loaded[3].weight, model[3].weight)
+
+
+def test_one_process_trains_and_evaluates_in_different_precisions(runner, toy, tmp_path):
+    """accelerate allows one precision per process: training in bf16 and then evaluating (always
+    full precision) or training in full precision, as a notebook does, must each just work."""
+    bf16 = taskzoo.train("toy", data=toy, output=tmp_path / "bf16", epochs=1, mixed_precision="bf16", progress=False)
+    assert bf16.metrics["mixed_precision"] == "bf16"
+    assert 0.0 <= bf16.evaluate(toy)["accuracy"] <= 1.0
+    full = taskzoo.train("toy", data=toy, output=tmp_path / "full", epochs=1, mixed_precision="no", progress=False)
+    assert full.metrics["mixed_precision"] == "no"
+    assert taskzoo.train("toy", data=toy, output=tmp_path / "again", epochs=1, mixed_precision="bf16",
+                         progress=False).metrics["mixed_precision"] == "bf16"

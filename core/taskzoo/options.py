@@ -87,7 +87,8 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("runtime", "torch: the run's PyTorch model; onnx: its ONNX export through ONNX Runtime (RUN/export, "
            "exported first when there is none).", default="torch", choices=("torch", "onnx"),
            commands=("evaluate", "predict", "serve"), remember=False),
-    Option("mixed-precision", "auto: bf16 (or fp16) on CUDA, none on the CPU.", default="auto",
+    Option("mixed-precision", "auto: bf16 (or fp16) on CUDA, bf16 on CPUs with AMX matrix units (Intel Xeon 4th "
+           "generation and later), none on other CPUs.", default="auto",
            choices=("auto", "no", "fp16", "bf16"), commands=_RUN),
     Option("gradient-checkpointing", "Recompute activations in the backward pass instead of keeping them "
            "(transformers and timm backbones): less memory for about a third more compute.", type=bool,
