@@ -103,7 +103,8 @@ def taskzoo_trainer(spec: Any, task: Any, model: Any, train: Any, val: Any, run_
     from taskzoo.trainer import make_accelerator
 
     values = options.resolve(spec, "run", [("benchmark", recipe)])
-    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
+    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"],
+                                   cpu_bf16=type(task).cpu_bf16)
     prepared = pipeline.Prepared(spec, values, task, train, val, list(task.labels_of_model), None, model, accelerator)
     return pipeline.make_trainer(prepared, run_dir)
 
@@ -229,7 +230,14 @@ def hf_training_arguments(opts: argparse.Namespace, output_dir: str, warmup_step
     from taskzoo.trainer import resolved_mixed_precision
 
     cuda = torch.cuda.is_available()
-    precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda)  # what taskzoo's arm trains in
+    # What taskzoo's arm trains in, or (--hf-precision default) the Trainer's own default: full precision.
+    precision = "no"
+    if opts.hf_precision == "same":
+        from taskzoo.plugins import get_host
+        from taskzoo.task import task_class
+
+        cpu_bf16 = task_class(get_host().task(opts.task)).cpu_bf16
+        precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda, cpu_bf16=cpu_bf16)
     extra: dict[str, Any] = {"optim": opts.hf_optim} if opts.hf_optim else {}
     return TrainingArguments(
         output_dir=output_dir,
@@ -301,8 +309,9 @@ def fit_hf(
 # -- command line ---------------------------------------------------------------------------------
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float) -> None:
-    """The options every trainer benchmark has (its data options are its own)."""
+def add_common_arguments(parser: argparse.ArgumentParser, *, task: str, epochs: int, batch_size: int, lr: float) -> None:
+    """The options every trainer benchmark has (its data options are its own), defaults for ``task``."""
+    parser.set_defaults(task=task)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--lr", type=float, default=lr)
@@ -318,6 +327,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     parser.add_argument("--hf-optim", default=None, help="transformers optim (default: its own, adamw_torch_fused)")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
                         help="taskzoo's --mixed-precision; the transformers arm trains in what it resolves to")
+    parser.add_argument("--hf-precision", default="same", choices=["same", "default"],
+                        help="same: transformers in taskzoo's precision; default: in TrainingArguments' own (fp32), "
+                             "to compare the two tools' defaults")
     parser.add_argument("--json", action="store_true", help="print the final result as JSON")
     parser.add_argument("--verbose", action="store_true", help="show the arms' progress bars and logs")
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
@@ -334,7 +346,7 @@ def common_child_args(opts: argparse.Namespace) -> list[str]:
     args = [
         "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size), "--lr", repr(opts.lr),
         "--seed", str(opts.seed), "--warmup-ratio", repr(opts.warmup_ratio), "--hf-sampler", opts.hf_sampler,
-        "--hf-save", opts.hf_save, "--mixed-precision", opts.mixed_precision,
+        "--hf-save", opts.hf_save, "--mixed-precision", opts.mixed_precision, "--hf-precision", opts.hf_precision,
     ]
     for flag, value in (("--threads", opts.threads), ("--backbone", opts.backbone), ("--hf-optim", opts.hf_optim)):
         if value:
@@ -467,8 +479,9 @@ def print_report(
     metric = summary["metric"]
     print(headline)
     print(
-        f"device {tz['device']} ({tz['mixed_precision']}), torch threads {tz['threads']}, "
-        f"repeats {repeats}{' (medians)' if repeats > 1 else ''}; transformers optim {hf['optim']}, sampler {hf['sampler']}, checkpoints {hf.get('save')}"
+        f"device {tz['device']} (taskzoo {tz['mixed_precision']}, transformers {hf['mixed_precision']}), torch threads "
+        f"{tz['threads']}, repeats {repeats}{' (medians)' if repeats > 1 else ''}; transformers optim {hf['optim']}, "
+        f"sampler {hf['sampler']}, checkpoints {hf.get('save')}"
     )
     failed = [name.replace("_", " ") for name, ok in summary["checks"].items() if not ok]
     if failed:

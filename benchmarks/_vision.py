@@ -30,8 +30,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, image_size: int,
+def add_common_arguments(parser: argparse.ArgumentParser, *, task: str, epochs: int, batch_size: int, image_size: int,
                          lr: float, weight_decay: float = 1e-4) -> None:
+    parser.set_defaults(task=task)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--image-size", type=int, default=image_size)
@@ -103,8 +104,12 @@ def autocast(opts: argparse.Namespace) -> Any:
 
     from taskzoo.trainer import resolved_mixed_precision
 
+    from taskzoo.plugins import get_host
+    from taskzoo.task import task_class
+
     cuda = torch.cuda.is_available()
-    precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda)
+    cpu_bf16 = task_class(get_host().task(opts.task)).cpu_bf16
+    precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda, cpu_bf16=cpu_bf16)
     return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SHAPES / "train.json"))
     parser.add_argument("--images", default=str(SHAPES / "images" / "train"))
-    _vision.add_common_arguments(parser, epochs=3, batch_size=4, image_size=320, lr=5e-4)
+    _vision.add_common_arguments(parser, task=TASK, epochs=3, batch_size=4, image_size=320, lr=5e-4)
     opts = parser.parse_args()
     _vision.run(opts, __file__, "detection: faster r-cnn + efficientnet_lite0 (offline ImageNet)", QUALITY,
                 prepare, quality, fit_plain)

@@ -189,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="used only with --val ''")
     parser.add_argument("--max-length", type=int, default=None,
                         help="sub-word tokens per window (the task's option; default: the backbone's maximum)")
-    _common.add_common_arguments(parser, **task_defaults())
+    _common.add_common_arguments(parser, task=TASK, **task_defaults())
     opts = parser.parse_args(argv)
     _common.check_common_arguments(parser, opts)
     return opts

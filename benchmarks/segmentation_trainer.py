@@ -67,7 +67,7 @@ def fit_plain(opts: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(_vision.ROOT / "examples" / "segmentation" / "coins"))
-    _vision.add_common_arguments(parser, epochs=4, batch_size=8, image_size=128, lr=1e-3)
+    _vision.add_common_arguments(parser, task=TASK, epochs=4, batch_size=8, image_size=128, lr=1e-3)
     opts = parser.parse_args()
     _vision.run(opts, __file__, "segmentation: unet + efficientnet_lite0 (offline ImageNet)", QUALITY,
                 prepare, quality, fit_plain)

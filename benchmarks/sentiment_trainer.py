@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "reviews.csv", help="labelled CSV/TSV/JSONL")
     parser.add_argument("--val-fraction", type=float, default=0.2)
-    _common.add_common_arguments(parser, epochs=3, batch_size=16, lr=1e-4)
+    _common.add_common_arguments(parser, task=TASK, epochs=3, batch_size=16, lr=1e-4)
     opts = parser.parse_args(argv)
     _common.check_common_arguments(parser, opts)
     return opts

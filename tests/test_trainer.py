@@ -362,3 +362,20 @@ def test_one_process_trains_and_evaluates_in_different_precisions(runner, toy, t
     assert full.metrics["mixed_precision"] == "no"
     assert taskzoo.train("toy", data=toy, output=tmp_path / "again", epochs=1, mixed_precision="bf16",
                          progress=False).metrics["mixed_precision"] == "bf16"
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+@pytest.mark.parametrize("task_pays", [True, False], ids=["task-pays", "task-does-not"])
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_task_and_the_cpu_gain(amx, task_pays, toy, tmp_path, monkeypatch):
+    from toy_plugin import ToyTask
+
+    from taskzoo import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_bf16_matrix_units", lambda: amx)
+    monkeypatch.setattr(ToyTask, "cpu_bf16", task_pays)
+    run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=1, device="cpu", progress=False)
+    assert run.metrics["mixed_precision"] == ("bf16" if amx and task_pays else "no")
+    assert trainer.resolved_mixed_precision("no", on_gpu=False, cpu_bf16=True) == "no"
+    assert trainer.resolved_mixed_precision("bf16", on_gpu=False) == "bf16"
+    with pytest.raises(taskzoo.UserError, match="fp16 needs a CUDA device"):
+        trainer.resolved_mixed_precision("fp16", on_gpu=False)

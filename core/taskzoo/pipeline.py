@@ -181,7 +181,8 @@ def prepare(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet,
     from taskzoo.weights import resolve_backbone
 
     values = dict(values)
-    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"])
+    accelerator = make_accelerator(values["device"], values["mixed_precision"], values["grad_accum"], values["seed"],
+                                   cpu_bf16=task_class(spec).cpu_bf16)
     shown: Notify = notify if accelerator.is_main_process else _quiet
     host = get_host()
     task, train, val, labels = data or read_data(spec, values, shown, host)

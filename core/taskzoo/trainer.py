@@ -85,9 +85,11 @@ def schedule(batches_per_epoch: int, *, grad_accum: int, epochs: int, warmup_rat
 
 
 def make_accelerator(
-    device: str = "auto", mixed_precision: str = "auto", grad_accum: int = 1, seed: int | None = None
+    device: str = "auto", mixed_precision: str = "auto", grad_accum: int = 1, seed: int | None = None,
+    *, cpu_bf16: bool = False,
 ) -> Accelerator:
-    """An Accelerator for ``--device`` (auto/cpu/cuda) and ``--mixed-precision`` (auto/no/fp16/bf16).
+    """An Accelerator for ``--device`` (auto/cpu/cuda) and ``--mixed-precision`` (auto/no/fp16/bf16;
+    ``cpu_bf16``: the task's `Task.cpu_bf16`, for what auto means on the CPU).
 
     Shuffled loaders draw their order from ``seed`` and the epoch, so every process of a
     data-parallel run sees one order, and a resumed run the order it would have had.
@@ -97,7 +99,7 @@ def make_accelerator(
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     on_gpu = cuda and device != "cpu"
     _join_restarted_group("nccl" if on_gpu else "gloo")
-    mixed_precision = resolved_mixed_precision(mixed_precision, on_gpu=on_gpu)
+    mixed_precision = resolved_mixed_precision(mixed_precision, on_gpu=on_gpu, cpu_bf16=cpu_bf16)
     _forget_other_precision(mixed_precision)
     accelerator = Accelerator(
         cpu=not on_gpu,
@@ -126,13 +128,14 @@ def _forget_other_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state()
 
 
-def resolved_mixed_precision(mixed_precision: str, *, on_gpu: bool) -> str:
+def resolved_mixed_precision(mixed_precision: str, *, on_gpu: bool, cpu_bf16: bool = False) -> str:
     """What ``--mixed-precision`` trains in on this machine. ``auto``: bf16 on CUDA (fp16 before
-    Ampere); on the CPU, bf16 where it has matrix units for it (Intel AMX), else full precision."""
+    Ampere); on the CPU, bf16 for a task whose model it speeds up (`Task.cpu_bf16`) where the CPU
+    has matrix units for it (Intel AMX), else full precision."""
     if mixed_precision == "auto":
         if on_gpu:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_bf16_matrix_units() else "no"
+        return "bf16" if cpu_bf16 and cpu_has_bf16_matrix_units() else "no"
     if mixed_precision == "fp16" and not on_gpu:
         raise UserError("--mixed-precision fp16 needs a CUDA device; use bf16 or no on the CPU")
     return mixed_precision
@@ -140,8 +143,7 @@ def resolved_mixed_precision(mixed_precision: str, *, on_gpu: bool) -> str:
 
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX: Intel Xeon from the 4th generation,
-    Sapphire Rapids): there bf16 autocast trains 1.3x (MiniLM) to 1.7x (Unet) faster per step than
-    fp32 at the same accuracy (benchmarks/README.md). Elsewhere bf16 is emulated and slower."""
+    Sapphire Rapids on). Elsewhere bf16 on the CPU is emulated, and slower than full precision."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3; no public spelling yet
     try:
         return bool(probe and probe())
