@@ -38,12 +38,12 @@ def split(folder: Path, seed: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def run_arm(arm: str, seed: int, folder: Path, device: str) -> dict[str, float]:
+def run_arm(arm: str, seed: int, folder: Path, device: str, precision: str) -> dict[str, float]:
     train, val = split(folder, seed)
     output = folder / arm
     command = [sys.executable, "-m", "taskzoo", "run", "sentiment", "--data", str(train), "--val", str(val),
                "--epochs", "4", "--batch-size", "16", "--max-length", "64", "--seed", str(seed), "--device", device,
-               "--output", str(output), *ARMS[arm]]
+               "--mixed-precision", precision, "--output", str(output), *ARMS[arm]]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{arm} seed {seed} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -57,13 +57,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--mixed-precision", default="auto", help="both arms' --mixed-precision")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
     results: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
     for seed in opts.seeds:
         for arm in ARMS:  # the same data and seed for both, one after the other
             with tempfile.TemporaryDirectory() as folder:
-                results[arm].append(run_arm(arm, seed, Path(folder), opts.device))
+                results[arm].append(run_arm(arm, seed, Path(folder), opts.device, opts.mixed_precision))
     if opts.json:
         print(json.dumps(results, indent=2))
         return

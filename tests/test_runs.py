@@ -531,6 +531,7 @@ def test_checkpoints_are_written_from_a_snapshot_while_training_goes_on(toy, tmp
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
     monkeypatch.setattr(Trainer, "_write_checkpoint", slow_write)
+    monkeypatch.setattr(Trainer, "_save_in_background", lambda self, size: True)  # as on a GPU
     run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, batch_size=4, lr=0.05, progress=False)
     assert [w[0] for w in written] == [1, 2, 3]
     assert all(name.startswith("taskzoo-checkpoint") for _, name, _, _ in written)
@@ -545,21 +546,26 @@ def test_checkpoints_are_written_from_a_snapshot_while_training_goes_on(toy, tmp
     assert [keys for _, _, keys, _ in written] == [["optimizer", "random", "scheduler", "trainer"]] * 2
 
 
-def test_a_checkpoint_too_big_to_copy_is_written_in_place_to_the_same_result(toy, tmp_path, monkeypatch):
+def test_checkpoints_written_in_place_or_in_the_background_are_the_same(toy, tmp_path, monkeypatch):
+    """On the CPU (and for a model too big to copy) checkpoints are written in place; on a GPU from
+    a snapshot on a background thread. Either way the same files."""
     import threading
 
     from safetensors.torch import load_file
 
     from taskzoo import trainer as trainer_module
 
-    common = dict(data=toy, epochs=2, batch_size=4, lr=0.05, keep_checkpoint=True, progress=False)
-    copied = taskzoo.train("toy", output=tmp_path / "copied", **common)
+    common = dict(data=toy, epochs=2, batch_size=4, lr=0.05, keep_checkpoint=True, device="cpu", progress=False)
     threads, original = [], trainer_module.Trainer._write_checkpoint
-    monkeypatch.setattr(trainer_module, "fits_in_memory", lambda size: False)
     monkeypatch.setattr(trainer_module.Trainer, "_write_checkpoint",
                         lambda self, *a: (threads.append(threading.current_thread().name), original(self, *a)))
     in_place = taskzoo.train("toy", output=tmp_path / "in_place", **common)
     assert threads == ["MainThread", "MainThread"]
+    assert not trainer_module.fits_in_memory(10**15)  # a petabyte model is never copied
+    threads.clear()
+    monkeypatch.setattr(trainer_module.Trainer, "_save_in_background", lambda self, size: True)
+    copied = taskzoo.train("toy", output=tmp_path / "copied", **common)
+    assert [name.startswith("taskzoo-checkpoint") for name in threads] == [True, True]
     a = load_file(str(copied.folder / "checkpoint" / "model.safetensors"))
     b = load_file(str(in_place.folder / "checkpoint" / "model.safetensors"))
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
@@ -567,13 +573,15 @@ def test_a_checkpoint_too_big_to_copy_is_written_in_place_to_the_same_result(toy
         copied.folder / "checkpoint" / "optimizer.pt").read_bytes()
 
 
-def test_a_checkpoint_that_cannot_be_written_fails_the_run(toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", [True, False], ids=["background", "in-place"])
+def test_a_checkpoint_that_cannot_be_written_fails_the_run(background, toy, tmp_path, monkeypatch):
     from taskzoo import trainer as trainer_module
 
     def full_disk(weights, path):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(trainer_module, "save_weights", full_disk)
+    monkeypatch.setattr(trainer_module.Trainer, "_save_in_background", lambda self, size: background)
     with pytest.raises(OSError, match="No space left on device"):
         taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, progress=False)
     status = run_folders.read_status(tmp_path / "run")
