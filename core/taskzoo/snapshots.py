@@ -1,11 +1,12 @@
 """Checkpoints written while training goes on.
 
 Writing a checkpoint (the weights and twice their size of optimizer state) is disk work: seconds
-per epoch for a small text model, during which the training thread would wait. The trainer
-instead takes a snapshot (CPU copies of the tensors, a memory copy that takes a fraction of that
-time) and hands the files to one background thread, the way PyTorch's
+per epoch for a small text model, during which the training thread would wait. When training on a
+GPU the trainer instead takes a snapshot (CPU copies of the tensors, a memory copy that takes a
+fraction of that time) and hands the files to one background thread, the way PyTorch's
 ``torch.distributed.checkpoint.async_save`` and Lightning's ``AsyncCheckpointIO`` do. Writes
 happen one at a time, in order; the next checkpoint, and whatever reads one, waits for the last.
+(On the CPU the cores are busy with the training itself and the trainer writes in place.)
 """
 
 from __future__ import annotations
