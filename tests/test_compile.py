@@ -74,3 +74,22 @@ def test_errors_of_the_model_itself_are_not_taken_for_compiler_failures(monkeypa
     compile_with_fallback(model, lambda message: None)
     with pytest.raises(ValueError, match="shape mismatch"):
         model(torch.ones(1))
+
+
+def test_a_failed_compile_keeps_what_wraps_the_forward_pass(monkeypatch):
+    """Mixed precision wraps the (compiled) forward pass in autocast after --compile; falling back
+    to eager must keep that wrapper, and warn once however often the model is called."""
+    def cannot_compile(function, **options):
+        def compiled(*args, **kwargs):
+            raise _Failed("backend='inductor' raised:\nCppCompileError: no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", cannot_compile)
+    model = torch.nn.Linear(3, 2)
+    warnings: list[str] = []
+    compile_with_fallback(model, warnings.append)
+    inner = model.forward
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(inner)  # as accelerate's prepare does
+    outputs = [model(torch.ones(4, 3)) for _ in range(3)]
+    assert all(output.dtype == torch.bfloat16 for output in outputs)  # still under autocast
+    assert len(warnings) == 1

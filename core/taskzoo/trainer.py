@@ -430,8 +430,9 @@ class Trainer:
         epoch (``epoch_end=False``: ``--save-every``, a stop) the state says how far the epoch got.
 
         On a GPU the files are written from a snapshot on a background thread while training goes
-        on (`taskzoo.snapshots`); whatever ends training waits for it to be complete. The last epoch's checkpoint
-        leaves out the optimizer state when a complete run would drop it (`keep_progress_only`)."""
+        on (`taskzoo.snapshots`); whatever ends training waits for it to be complete. The last
+        epoch's checkpoint leaves out the optimizer state when a complete run would drop it
+        (`keep_progress_only`)."""
         self.accelerator.wait_for_everyone()
         # Each process's own: their dropout draws differ once their batches' shapes do.
         random_states = gather_object([torch.get_rng_state()])  # one process: the list itself
@@ -843,17 +844,22 @@ def compile_with_fallback(model: torch.nn.Module, warn: Callable[[str], None]) -
     that cannot compile never fails a run. Shapes that change are compiled as dynamic ones."""
     eager = model.forward
     compiled = torch.compile(eager, dynamic=None)
+    # Stays the model's forward after a failure too: what wraps it later (mixed precision's autocast)
+    # keeps wrapping it, and only the first failure warns.
+    failed = False
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return compiled(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - only compiler failures are caught (re-raised otherwise)
-            if not _compile_failure(error):
-                raise
-            first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-            warn(f"--compile: {type(model).__name__} could not be compiled ({first.strip()[:200]}); training eagerly")
-            model.forward = eager
-            return eager(*args, **kwargs)
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - only compiler failures are caught (re-raised otherwise)
+                if not _compile_failure(error):
+                    raise
+                first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                warn(f"--compile: {type(model).__name__} could not be compiled ({first.strip()[:200]}); training eagerly")
+                failed = True
+        return eager(*args, **kwargs)
 
     model.forward = forward
 
