@@ -118,7 +118,7 @@ class SentimentTask(Task):
             lengths.extend(len(ids) for ids in encoded["input_ids"])
         return lengths
 
-    def _collate(self, data: TextData, indices: list[int]) -> dict[str, torch.Tensor]:
+    def _collate(self, data: TextData, label_ids: dict[str, int], indices: list[int]) -> dict[str, torch.Tensor]:
         """A batch tokenised when the loader asks for it, so a large training set is never held
         tokenised: only its texts, memory-mapped, and their lengths."""
         encoded = self.tokenizer([data.texts[i] for i in indices], truncation=True, padding=True,
@@ -126,7 +126,6 @@ class SentimentTask(Task):
         batch = {key: encoded[key] for key in TOKEN_FIELDS if key in encoded}
         batch["index"] = torch.tensor(indices)
         if data.labels is not None:
-            label_ids = {label: i for i, label in enumerate(self.labels_of_model)}
             if self.multi_label:
                 hot = torch.zeros(len(indices), len(label_ids))
                 for row, i in enumerate(indices):
@@ -141,9 +140,10 @@ class SentimentTask(Task):
         if not train and data.labels is not None and self.multi_label:
             self._threshold_data = data  # the run's validation data: thresholds are chosen on it when saving
         lengths = self._token_lengths(data)
+        label_ids = {label: i for i, label in enumerate(self.labels_of_model)} if data.labels is not None else {}
         sampler = SeededLengthGroupedSampler(lengths, batch_size, seed) if train else LongestFirstSampler(lengths)
         return DataLoader(range(len(data)), batch_size=batch_size, sampler=sampler,
-                          collate_fn=functools.partial(self._collate, data))
+                          collate_fn=functools.partial(self._collate, data, label_ids))
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
         if self.multi_label:
