@@ -17,6 +17,7 @@ same code serves every task; see benchmarks/README.md for how to read the report
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -107,6 +108,20 @@ def taskzoo_trainer(spec: Any, task: Any, model: Any, train: Any, val: Any, run_
                                    cpu_bf16=type(task).cpu_bf16)
     prepared = pipeline.Prepared(spec, values, task, train, val, list(task.labels_of_model), None, model, accelerator)
     return pipeline.make_trainer(prepared, run_dir)
+
+
+@functools.cache
+def taskzoo_precision(task_name: str, mixed_precision: str) -> str:
+    """What taskzoo trains ``task_name`` in with ``--mixed-precision`` on this machine (``auto``
+    depends on the device and on the task's `Task.cpu_bf16`): the precision a reference arm mirrors."""
+    import torch
+
+    from taskzoo.plugins import get_host
+    from taskzoo.task import task_class
+    from taskzoo.trainer import resolved_mixed_precision
+
+    cpu_bf16 = task_class(get_host().task(task_name)).cpu_bf16
+    return resolved_mixed_precision(mixed_precision, on_gpu=torch.cuda.is_available(), cpu_bf16=cpu_bf16)
 
 
 def peak_rss_mib() -> float:
@@ -227,17 +242,9 @@ def hf_training_arguments(opts: argparse.Namespace, output_dir: str, warmup_step
     import torch
     from transformers import TrainingArguments
 
-    from taskzoo.trainer import resolved_mixed_precision
-
     cuda = torch.cuda.is_available()
     # What taskzoo's arm trains in, or (--hf-precision default) the Trainer's own default: full precision.
-    precision = "no"
-    if opts.hf_precision == "same":
-        from taskzoo.plugins import get_host
-        from taskzoo.task import task_class
-
-        cpu_bf16 = task_class(get_host().task(opts.task)).cpu_bf16
-        precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda, cpu_bf16=cpu_bf16)
+    precision = taskzoo_precision(opts.task, opts.mixed_precision) if opts.hf_precision == "same" else "no"
     extra: dict[str, Any] = {"optim": opts.hf_optim} if opts.hf_optim else {}
     return TrainingArguments(
         output_dir=output_dir,

@@ -102,15 +102,10 @@ def autocast(opts: argparse.Namespace) -> Any:
     ``auto`` trains in fp16 and the plain loop in fp32 (pass ``--mixed-precision no`` there)."""
     import torch
 
-    from taskzoo.trainer import resolved_mixed_precision
+    from _common import taskzoo_precision
 
-    from taskzoo.plugins import get_host
-    from taskzoo.task import task_class
-
-    cuda = torch.cuda.is_available()
-    cpu_bf16 = task_class(get_host().task(opts.task)).cpu_bf16
-    precision = resolved_mixed_precision(opts.mixed_precision, on_gpu=cuda, cpu_bf16=cpu_bf16)
-    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    bf16 = taskzoo_precision(opts.task, opts.mixed_precision) == "bf16"  # resolved once, then cached
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 def plain_train_epoch(model: Any, loader: Any, optimizer: Any, scheduler: Any, opts: argparse.Namespace) -> None:

@@ -46,7 +46,9 @@ class _Failed(Exception):
 _Failed.__module__ = "torch._dynamo.exc"
 
 
-def test_a_model_that_cannot_compile_runs_eagerly_with_one_warning(monkeypatch):
+@pytest.fixture
+def uncompilable_linear(monkeypatch) -> tuple[torch.nn.Linear, list[str]]:
+    """A Linear under --compile on a machine whose compiler fails, and the warnings it gave."""
     def cannot_compile(function, **options):
         def compiled(*args, **kwargs):
             raise _Failed("backend='inductor' raised:\nCppCompileError: no C++ compiler")
@@ -56,6 +58,11 @@ def test_a_model_that_cannot_compile_runs_eagerly_with_one_warning(monkeypatch):
     model = torch.nn.Linear(3, 2)
     warnings: list[str] = []
     compile_with_fallback(model, warnings.append)
+    return model, warnings
+
+
+def test_a_model_that_cannot_compile_runs_eagerly_with_one_warning(uncompilable_linear):
+    model, warnings = uncompilable_linear
     x = torch.ones(4, 3)
     np_eager = torch.nn.functional.linear(x, model.weight, model.bias)
     assert torch.equal(model(x), np_eager) and torch.equal(model(x), np_eager)
@@ -76,18 +83,10 @@ def test_errors_of_the_model_itself_are_not_taken_for_compiler_failures(monkeypa
         model(torch.ones(1))
 
 
-def test_a_failed_compile_keeps_what_wraps_the_forward_pass(monkeypatch):
+def test_a_failed_compile_keeps_what_wraps_the_forward_pass(uncompilable_linear):
     """Mixed precision wraps the (compiled) forward pass in autocast after --compile; falling back
     to eager must keep that wrapper, and warn once however often the model is called."""
-    def cannot_compile(function, **options):
-        def compiled(*args, **kwargs):
-            raise _Failed("backend='inductor' raised:\nCppCompileError: no C++ compiler")
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", cannot_compile)
-    model = torch.nn.Linear(3, 2)
-    warnings: list[str] = []
-    compile_with_fallback(model, warnings.append)
+    model, warnings = uncompilable_linear
     inner = model.forward
     model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(inner)  # as accelerate's prepare does
     outputs = [model(torch.ones(4, 3)) for _ in range(3)]

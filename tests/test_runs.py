@@ -531,7 +531,7 @@ def test_checkpoints_are_written_from_a_snapshot_while_training_goes_on(toy, tmp
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
     monkeypatch.setattr(Trainer, "_write_checkpoint", slow_write)
-    monkeypatch.setattr(Trainer, "_save_in_background", lambda self, size: True)  # as on a GPU
+    monkeypatch.setattr(Trainer, "_save_in_background", lambda self, state: True)  # as on a GPU
     run = taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, batch_size=4, lr=0.05, progress=False)
     assert [w[0] for w in written] == [1, 2, 3]
     assert all(name.startswith("taskzoo-checkpoint") for _, name, _, _ in written)
@@ -563,7 +563,7 @@ def test_checkpoints_written_in_place_or_in_the_background_are_the_same(toy, tmp
     assert threads == ["MainThread", "MainThread"]
     assert not trainer_module.fits_in_memory(10**15)  # a petabyte model is never copied
     threads.clear()
-    monkeypatch.setattr(trainer_module.Trainer, "_save_in_background", lambda self, size: True)
+    monkeypatch.setattr(trainer_module.Trainer, "_save_in_background", lambda self, state: True)
     copied = taskzoo.train("toy", output=tmp_path / "copied", **common)
     assert [name.startswith("taskzoo-checkpoint") for name in threads] == [True, True]
     a = load_file(str(copied.folder / "checkpoint" / "model.safetensors"))
@@ -581,7 +581,7 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run(background, toy, tmp_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(trainer_module, "save_weights", full_disk)
-    monkeypatch.setattr(trainer_module.Trainer, "_save_in_background", lambda self, size: background)
+    monkeypatch.setattr(trainer_module.Trainer, "_save_in_background", lambda self, state: background)
     with pytest.raises(OSError, match="No space left on device"):
         taskzoo.train("toy", data=toy, output=tmp_path / "run", epochs=3, progress=False)
     status = run_folders.read_status(tmp_path / "run")

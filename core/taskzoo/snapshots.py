@@ -24,14 +24,19 @@ from safetensors.torch import save_file
 _SNAPSHOT_SHARE_OF_FREE_MEMORY = 0.5
 
 
+def _storage_key(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """The same for two tensors that are one tensor's memory under two names (tied weights)."""
+    return (tensor.untyped_storage().data_ptr(), tensor.device, tensor.storage_offset(), tuple(tensor.shape),
+            tensor.stride(), tensor.dtype)
+
+
 def cpu_copy(state: Any, _copies: dict[tuple[Any, ...], torch.Tensor] | None = None) -> Any:
     """``state`` (nested dicts, lists and tuples of tensors and plain values) with every tensor
     copied to the CPU in PyTorch's default layout, so that training may change the originals.
     Tensors that are one tensor under two names (tied weights) stay one tensor."""
     copies = {} if _copies is None else _copies
     if isinstance(state, torch.Tensor):
-        key = (state.untyped_storage().data_ptr(), state.storage_offset(), tuple(state.shape), state.stride(),
-               state.dtype, state.device)
+        key = _storage_key(state)
         if key not in copies:
             copies[key] = torch.empty(state.shape, dtype=state.dtype).copy_(state.detach())
         return copies[key]
@@ -68,7 +73,7 @@ def save_weights(weights: Mapping[str, torch.Tensor], path: Path) -> None:
     first_name: dict[tuple[Any, ...], str] = {}
     aliases: dict[str, str] = {}
     for name, tensor in weights.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        key = _storage_key(tensor)
         if key in first_name:
             aliases[name] = first_name[key]
         else:

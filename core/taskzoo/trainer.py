@@ -443,7 +443,7 @@ class Trainer:
             if self.resumable and not (last and not self.args.keep_checkpoint):
                 state["optimizer"] = self.optimizer.state_dict()
                 state["scheduler"] = self.scheduler.state_dict()
-            background = self._save_in_background(tensor_bytes(state))
+            background = self._save_in_background(state)
             self._writer.wait()  # the previous checkpoint is complete before this one is laid out
             if background:
                 state = cpu_copy(state)
@@ -455,12 +455,12 @@ class Trainer:
             self._writer.write(lambda: self._write_checkpoint(state, best_now), background=background)
         self.accelerator.wait_for_everyone()
 
-    def _save_in_background(self, size: int) -> bool:
-        """Whether a checkpoint of ``size`` bytes is written by the background thread: when training
-        on a GPU, whose host cores are mostly idle, and a copy fits in memory. On the CPU every core
-        does the training's math and a writer beside it costs more than it saves (bf16 training of
-        MiniLM on two cores ran a quarter slower with one)."""
-        return self.accelerator.device.type != "cpu" and fits_in_memory(size)
+    def _save_in_background(self, state: dict[str, Any]) -> bool:
+        """Whether checkpoint ``state`` is written by the background thread: when training on a GPU,
+        whose host cores are mostly idle, and a copy fits in memory. On the CPU every core does the
+        training's math and a writer beside it costs more than it saves (bf16 training of MiniLM on
+        two cores ran a quarter slower with one)."""
+        return self.accelerator.device.type != "cpu" and fits_in_memory(tensor_bytes(state))
 
     def _write_checkpoint(self, state: dict[str, Any], best_now: bool) -> None:
         folder = self.run_dir / CHECKPOINT
