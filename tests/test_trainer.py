@@ -314,6 +314,30 @@ def test_gradient_checkpointing_reaches_the_timm_encoder_of_a_segmentation_model
     spec = PluginHost().task("segmentation")
     prepared = pipeline.prepare(spec, pipeline.run_values(spec, {"data": sample.path(sample.train), "image_size": 64}))
     assert enable_gradient_checkpointing(prepared.model), "the timm encoder took no checkpointing"
+    # timm recomputes checkpointed blocks with PyTorch's own dropout, so training keeps it throughout.
+    values = pipeline.run_values(spec, {"data": sample.path(sample.train), "image_size": 64, "device": "cpu"})
+    assert pipeline.make_trainer(pipeline.prepare(spec, values), tmp_path / "plain")._fast_dropout is True
+    values["gradient_checkpointing"] = True
+    assert pipeline.make_trainer(pipeline.prepare(spec, values), tmp_path / "checkpointed")._fast_dropout is False
+
+
+def test_training_forward_passes_draw_fast_cpu_dropout_and_evaluation_does_not(runner, toy, tmp_path, monkeypatch):
+    from toy_plugin import ToyModel
+
+    from taskzoo import fast_dropout
+
+    seen = []
+    forward = ToyModel.forward
+
+    def recording(self, batch):
+        seen.append((self.training, getattr(fast_dropout._active, "depth", 0) > 0))
+        return forward(self, batch)
+
+    monkeypatch.setattr(ToyModel, "forward", recording)
+    result = run(runner, "--data", toy, "--output", tmp_path / "run", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert {fast for training, fast in seen if training} == {True}
+    assert {fast for training, fast in seen if not training} == {False}
 
 
 def test_metrics_record_the_peak_memory_of_the_run(runner, toy, tmp_path):

@@ -1,0 +1,127 @@
+"""Dropout on the CPU without its random-number bottleneck.
+
+PyTorch draws a CPU dropout mask with ``bernoulli_``: one Mersenne Twister draw per element, on one
+thread (pytorch/pytorch#138199). On two cores that was over a quarter of a MiniLM training step,
+more than the attention's matrix products. While the shared trainer trains on the CPU, the forward
+pass runs under `FastCpuDropout`, which draws the same Bernoulli masks from 16 random bits per
+element, four elements to each 64-bit draw of torch's own generator (seeds, and resumed runs,
+stay exact), at about a third of the time per mask. The drop probability is quantised to 1/65536
+(``p=0.1`` drops 6554/65536 = 0.100006 of the elements) and what is kept is scaled by the exact
+inverse of its keep probability, so the expected output is the input, as with ``torch.dropout``.
+
+Attention with dropout on the CPU runs PyTorch's math path already (its fused CPU kernel has no
+dropout); under the mode it is computed the same way, in float32, with the mask drawn as above.
+GPUs draw masks with a fast counter-based generator of their own and are left alone, as are
+compiled models (inductor generates its own random numbers).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+LEVELS = 1 << 16  # the resolution of a drop probability: 16 random bits per element
+_active = threading.local()  # how many FastCpuDropout modes this thread is inside
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
+    """A boolean mask of ``shape`` keeping each element with probability ``1 - p`` (quantised to
+    1/65536), drawn from torch's default generator; returns it and the exact keep probability."""
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    levels = words.view(torch.int16)[:count].view(shape)  # uniform over -32768..32767
+    threshold = round(p * LEVELS)
+    return levels >= threshold - LEVELS // 2, 1.0 - threshold / LEVELS
+
+
+def dropout(input: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
+    """``torch.dropout(input, p, train=True)`` with the mask of `keep_mask`."""
+    keep, keep_probability = keep_mask(input.shape, p, input.device)
+    scaled = keep.to(input.dtype).mul_(1.0 / keep_probability)
+    return input.mul_(scaled) if inplace else input * scaled
+
+
+def _attention_with_dropout(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float,
+    scale: float | None,
+) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` as PyTorch's math path computes it on the CPU (reduced
+    precision inputs in float32), with the attention weights dropped by `dropout`. A query row whose
+    keys are all masked attends to all of them evenly (transformers' eager attention does so) where
+    the math path gives zeros: such rows are padding, and neither is NaN."""
+    dtype = value.dtype
+    with torch.autocast(query.device.type, enabled=False):  # autocast would take the products back to bf16
+        query, key, value = query.float(), key.float(), value.float()
+        scores = (query @ key.transpose(-2, -1)) * (1 / math.sqrt(query.size(-1)) if scale is None else scale)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(attn_mask.logical_not(), torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + attn_mask
+        return (dropout(scores.softmax(dim=-1), dropout_p) @ value).to(dtype)
+
+
+def _dropout_call(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+    if training and 0 < p < 1 and input.device.type == "cpu":
+        return dropout(input, p, inplace)
+    return None
+
+
+def _torch_dropout_call(input: torch.Tensor, p: float, train: bool) -> Any:
+    return _dropout_call(input, p, train)
+
+
+def _attention_call(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, *, enable_gqa: bool = False,
+) -> Any:
+    if dropout_p > 0 and query.device.type == "cpu" and not is_causal and not enable_gqa and query.dim() == key.dim():
+        return _attention_with_dropout(query, key, value, attn_mask, dropout_p, scale)
+    return None  # causal and grouped-query attention keep PyTorch's own path
+
+
+_FAST: dict[Callable[..., Any], Callable[..., Any]] = {
+    F.dropout: _dropout_call,
+    torch.dropout: _torch_dropout_call,
+    F.scaled_dot_product_attention: _attention_call,
+}
+
+
+class FastCpuDropout(TorchFunctionMode):
+    """While active, CPU dropout (``nn.Dropout``, ``F.dropout``, ``torch.dropout`` and attention's
+    ``dropout_p``) draws its masks with `keep_mask`; everything else runs as usual.
+
+    Activation checkpointing recomputes a forward pass during the backward one, where no mode is
+    active: a checkpoint taken under this mode must recompute under it too (`checkpoint_contexts`),
+    or the recomputation would drop other elements than the forward pass did."""
+
+    def __enter__(self) -> FastCpuDropout:
+        _active.depth = getattr(_active, "depth", 0) + 1
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        _active.depth -= 1
+        super().__exit__(*exc)
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        fast = _FAST.get(func)
+        if fast is not None:
+            result = fast(*args, **kwargs)
+            if result is not None:
+                return result
+        return func(*args, **kwargs)
+
+
+def checkpoint_contexts() -> tuple[AbstractContextManager[Any], AbstractContextManager[Any]]:
+    """``context_fn`` for `torch.utils.checkpoint.checkpoint` (non-reentrant): the recomputation
+    runs under `FastCpuDropout` when the forward pass did, and replays its masks from the generator
+    state the checkpoint restores."""
+    return nullcontext(), (FastCpuDropout() if getattr(_active, "depth", 0) else nullcontext())
