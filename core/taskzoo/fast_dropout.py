@@ -82,9 +82,10 @@ def _attention_call(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, *, enable_gqa: bool = False,
 ) -> Any:
-    if dropout_p > 0 and query.device.type == "cpu" and not is_causal and not enable_gqa and query.dim() == key.dim():
+    simple = not (is_causal or enable_gqa or query.is_nested) and query.dim() == key.dim()
+    if dropout_p > 0 and query.device.type == "cpu" and simple:
         return _attention_with_dropout(query, key, value, attn_mask, dropout_p, scale)
-    return None  # causal and grouped-query attention keep PyTorch's own path
+    return None  # causal, grouped-query and nested attention keep PyTorch's own path
 
 
 _FAST: dict[Callable[..., Any], Callable[..., Any]] = {
