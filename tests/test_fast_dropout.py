@@ -28,6 +28,20 @@ def test_masks_keep_each_element_with_the_asked_probability(p):
     assert abs(both - keep_probability**2) < 10 * sigma
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 1 / 3])
+def test_an_element_is_kept_exactly_when_its_16_random_bits_reach_the_drop_level(p):
+    # Enough elements that each of the 65536 levels comes up about 64 times, the threshold's own too;
+    # an odd count leaves the last draw's last elements over.
+    count = 1 << 22 | 3
+    torch.manual_seed(2)
+    keep, _ = keep_mask((count,), p)
+    torch.manual_seed(2)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    # Each element's own 16 bits, as a number from 0 to 65535 (the signed value, offset).
+    level = torch.from_numpy(words.numpy().view("<i2")[:count].astype("int32")) + LEVELS // 2
+    assert torch.equal(keep, level >= round(p * LEVELS))
+
+
 def test_dropout_keeps_the_expectation_and_its_gradient_is_the_mask():
     torch.manual_seed(1)
     x = torch.full((1000, 1000), 3.0, requires_grad=True)
