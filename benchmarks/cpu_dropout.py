@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     host = get_host()
-    spec, task = _common.make_task(host, "sentiment")
+    _, task = _common.make_task(host, "sentiment")
     precision = _common.taskzoo_precision("sentiment", "auto")
     torch.manual_seed(0)
     backbone = resolve_backbone(host, "sentiment", None)

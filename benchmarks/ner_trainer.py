@@ -105,7 +105,7 @@ def run_arm(opts: argparse.Namespace) -> dict[str, Any]:
         init_fingerprint=parameters_fingerprint(model.network),
     )
     if opts.arm == "taskzoo":
-        result.update(_common.fit_taskzoo(opts, host, spec, task, model, train, val, n_train=n_train, metric=METRIC))
+        result.update(_common.fit_taskzoo(opts, host, spec, task, model, train, val, metric=METRIC))
     else:
         result.update(_fit_hf(opts, task, model.network, shared["labels"], train_windows, val_windows, warmup_steps))
     return _common.finish_result(result, n_train, opts.epochs)

@@ -89,7 +89,7 @@ def run_arm(opts: argparse.Namespace) -> dict[str, Any]:
     )
     if opts.arm == "taskzoo":
         train, val = text_data(split, split["train"]), text_data(split, split["val"])
-        result.update(_common.fit_taskzoo(opts, host, spec, task, model, train, val, n_train=n_train, metric=METRIC))
+        result.update(_common.fit_taskzoo(opts, host, spec, task, model, train, val, metric=METRIC))
     else:
         result.update(_fit_hf(opts, task, model.network, split, warmup_steps))
     return _common.finish_result(result, n_train, opts.epochs)
