@@ -347,11 +347,8 @@ def _serve(**params: Any) -> None:
         raise click.UsageError("--model RUN is required")
     address = {name: given.pop(name) for name in ("host", "port", "workers") if name in given}
     settings = serving.checked_settings(**given)
-    host, port = address.get("host", serving.DEFAULT_HOST), address.get("port", serving.DEFAULT_PORT)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    serving.serve(settings, host=host, port=port, workers=address.get("workers", 1),
-                  started=lambda: click.echo(f"serving {settings.model} ({settings.runtime}) at http://{shown}:{port}/ "
-                                             f"(API docs at /docs); Ctrl-C stops", err=True))
+    serving.serve(settings, **address, started=lambda url: click.echo(
+        f"serving {settings.model} ({settings.runtime}) at {url} (API docs at /docs); Ctrl-C stops", err=True))
 
 
 def _jsonable(value: Any) -> Any:

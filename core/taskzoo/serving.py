@@ -497,15 +497,17 @@ def _version() -> str:
 
 
 def serve(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, workers: int = 1,
-          log_level: str = "info", started: Callable[[], None] | None = None) -> None:
+          log_level: str = "info", started: Callable[[str], None] | None = None) -> None:
     """Run the server until it is stopped (Ctrl-C). With ``workers`` above 1, uvicorn starts that
-    many processes, each loading the model once. ``started`` is called once the address is checked
-    (and, with one worker, the model loaded)."""
+    many processes, each loading the model once. ``started`` is called with the URL to open once
+    the address is checked (and, with one worker, the model loaded)."""
     import uvicorn
 
     host, port, workers = (schema.coerce(schema.shared_option(name), value)
                            for name, value in (("host", host), ("port", port), ("workers", workers)))
     _check_address(host, port)
+    # Listening on every address: this machine's own is one of them.
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     if workers > 1:
         if settings.runtime == "onnx":
             # Export once here (when the run has no export yet), not in every worker at the same time.
@@ -515,13 +517,13 @@ def serve(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
             gc.collect()
         os.environ[_SETTINGS_VARIABLE] = json.dumps(asdict(settings))
         if started:
-            started()
+            started(url)
         uvicorn.run("taskzoo.serving:create_app", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level)
     else:
         app = _application(Predictor(settings))
         if started:
-            started()
+            started(url)
         uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
