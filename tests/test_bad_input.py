@@ -29,6 +29,8 @@ SHARED = [
     ("output-is-file", ["--output", "{file}"], r"--output {file}: is a file, not a folder"),
     ("resume-nothing", ["--resume", "{out}/nosuchrun"], r"--resume {out}/nosuchrun: no such run folder"),
     ("unknown-option", ["--epoch", "3"], r"task '\w+': no option --epoch; did you mean --epochs\?"),
+    # Nothing close: the task's own flags are listed, and nothing of click's.
+    ("unknown-option-far", ["--zzzz"], r"task '\w+': no option --zzzz; known: --[a-z][a-z0-9-]*(, --[a-z][a-z0-9-]*)*$"),
 ]
 OWN = {
     "sentiment": [("max-length-small", ["--max-length", "0"], r"--max-length: expected at least 8, got 0"),

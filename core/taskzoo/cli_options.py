@@ -60,7 +60,9 @@ class SchemaCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as error:
-            known = [p.name for p in self.get_params(ctx) if isinstance(p, click.Option) and p.name]
+            help_option = self.get_help_option(ctx)  # named "_click_default_help" by click, not an option of ours
+            known = [p.name for p in self.get_params(ctx)
+                     if isinstance(p, click.Option) and p.name and p is not help_option]
             raise schema.unknown_option(error.option_name.lstrip("-"), known, self.where) from None
 
 
