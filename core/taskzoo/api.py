@@ -252,9 +252,7 @@ def check(task: str, data: PathArg, **options: Any) -> list[Finding]:
     warning findings); a data error raises `taskzoo.DataError` naming the file, column or line."""
     from taskzoo import pipeline
 
-    spec = _task(task)
-    values = schema.resolve(spec, "check", [(schema.task_where(spec), {**options, "data": data})])
-    return pipeline.check(spec, values)
+    return pipeline.check(_task(task), {**options, "data": data})
 
 
 def tasks(pattern: str = "*") -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ from typing import Any
 import click
 
 import taskzoo
-from taskzoo import options as schema
 from taskzoo.cli_options import RunCommand, TaskCommandGroup, given_values
 from taskzoo.errors import ParityError, RunInterrupted, UserError
 from taskzoo.plugins import get_host
@@ -216,9 +215,8 @@ def run_group() -> None:
 def _check(spec: TaskSpec, given: dict[str, Any]) -> None:
     from taskzoo import pipeline
 
-    values = schema.resolve(spec, "check", [(schema.task_where(spec), given)])
-    pipeline.check(spec, values, _notify)
-    click.echo(f"{values['data']}: ready for 'tasks run {spec.name}'")
+    pipeline.check(spec, given, _notify)
+    click.echo(f"{given['data']}: ready for 'tasks run {spec.name}'")
 
 
 @cli.group("check", cls=TaskCommandGroup, action="check", perform=_check)

@@ -114,9 +114,10 @@ def _dataset_choice(values: Mapping[str, Any] | None, role: str) -> dict[str, An
     return {"split": values.get("split") if role != "val" else None, "subset": values.get("subset")}
 
 
-def check(spec: TaskSpec, values: Mapping[str, Any], notify: Notify = _quiet) -> list[Finding]:
-    """Read ``values["data"]`` exactly as ``train`` would; return every finding (a `UserError` on the
-    first error)."""
+def check(spec: TaskSpec, given: Mapping[str, Any], notify: Notify = _quiet) -> list[Finding]:
+    """Read the data of ``given`` (the options of ``tasks check``, flags or keywords, resolved and
+    checked here) exactly as ``train`` would; return every finding (a `UserError` on the first error)."""
+    values = schema.resolve(spec, "check", [(schema.task_where(spec), given)])
     if not values.get("data"):
         raise UserError("--data is required")
     task = make_task(spec, schema.task_options(spec, values), notify=notify)
