@@ -314,23 +314,23 @@ def test_gradient_checkpointing_reaches_the_timm_encoder_of_a_segmentation_model
     spec = PluginHost().task("segmentation")
     prepared = pipeline.prepare(spec, pipeline.run_values(spec, {"data": sample.path(sample.train), "image_size": 64}))
     assert enable_gradient_checkpointing(prepared.model), "the timm encoder took no checkpointing"
-    # timm recomputes checkpointed blocks with PyTorch's own dropout, so training keeps it throughout.
+    # timm recomputes checkpointed blocks with PyTorch's own kernels, so training keeps them throughout.
     values = pipeline.run_values(spec, {"data": sample.path(sample.train), "image_size": 64, "device": "cpu"})
-    assert pipeline.make_trainer(pipeline.prepare(spec, values), tmp_path / "plain")._fast_dropout is True
+    assert pipeline.make_trainer(pipeline.prepare(spec, values), tmp_path / "plain")._cpu_kernels is True
     values["gradient_checkpointing"] = True
-    assert pipeline.make_trainer(pipeline.prepare(spec, values), tmp_path / "checkpointed")._fast_dropout is False
+    assert pipeline.make_trainer(pipeline.prepare(spec, values), tmp_path / "checkpointed")._cpu_kernels is False
 
 
-def test_training_forward_passes_draw_fast_cpu_dropout_and_evaluation_does_not(runner, toy, tmp_path, monkeypatch):
+def test_training_forward_passes_run_under_the_cpu_kernels_and_evaluation_does_not(runner, toy, tmp_path, monkeypatch):
     from toy_plugin import ToyModel
 
-    from taskzoo import fast_dropout
+    from taskzoo import cpu_kernels
 
     seen = []
     forward = ToyModel.forward
 
     def recording(self, batch):
-        seen.append((self.training, getattr(fast_dropout._active, "depth", 0) > 0))
+        seen.append((self.training, getattr(cpu_kernels._active, "depth", 0) > 0))
         return forward(self, batch)
 
     monkeypatch.setattr(ToyModel, "forward", recording)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from taskzoo import progress
 from taskzoo.errors import UserError
-from taskzoo.fast_dropout import FastCpuDropout, checkpoint_contexts
+from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts
 from taskzoo.options import default_of
 from taskzoo.run_folders import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
 from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
@@ -399,10 +399,10 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
             model, optimizer, train_loader, val_loader, scheduler
         )
-        # A compiled model draws its dropout masks in generated code; timm's checkpointed blocks
-        # recompute theirs with PyTorch's own dropout, not the forward pass's.
+        # A compiled model has its kernels generated; timm's checkpointed blocks recompute with
+        # PyTorch's own, which would not replay the forward pass's dropout.
         timm_checkpointed = any(getattr(module, "grad_checkpointing", False) is True for module in model.modules())
-        self._fast_dropout = accelerator.device.type == "cpu" and not args.compile and not timm_checkpointed
+        self._cpu_kernels = accelerator.device.type == "cpu" and not args.compile and not timm_checkpointed
         self._samples_seen, self._train_seconds = 0, 0.0
         self._writer = BackgroundWriter()
         self._stop_requests = _StopRequests()
@@ -655,7 +655,7 @@ class Trainer:
             window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
             for batch in bar:
                 with accelerator.accumulate(self.model):
-                    with FastCpuDropout() if self._fast_dropout else nullcontext():
+                    with CpuTrainingKernels() if self._cpu_kernels else nullcontext():
                         loss = self.model(batch)["loss"]
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm:
@@ -873,7 +873,7 @@ def compile_with_fallback(model: torch.nn.Module, warn: Callable[[str], None]) -
 def enable_gradient_checkpointing(model: torch.nn.Module) -> list[str]:
     """Turn on activation checkpointing in every transformers or timm network inside ``model``
     (non-reentrant, so dropout draws the same numbers in the recomputation, under the forward pass's
-    `FastCpuDropout` where it ran under one); returns the class names of the networks it was turned
+    `CpuTrainingKernels` where it ran under one); returns the class names of the networks it was turned
     on in, empty when none supports it."""
     enabled = []
     replaying = {"use_reentrant": False, "context_fn": checkpoint_contexts}

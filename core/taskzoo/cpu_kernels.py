@@ -1,18 +1,27 @@
-"""Dropout on the CPU without its random-number bottleneck.
+"""Where PyTorch's CPU kernels are slow for training, and what the shared trainer runs instead.
 
-PyTorch draws a CPU dropout mask with ``bernoulli_``: one Mersenne Twister draw per element, on one
-thread (pytorch/pytorch#138199). On two cores that was over a quarter of a MiniLM training step,
-more than the attention's matrix products. While the shared trainer trains on the CPU, the forward
-pass runs under `FastCpuDropout`, which draws the same Bernoulli masks from 16 random bits per
-element, four elements to each 64-bit draw of torch's own generator (seeds, and resumed runs,
-stay exact), at about a third of the time per mask. The drop probability is quantised to 1/65536
-(``p=0.1`` drops 6554/65536 = 0.100006 of the elements) and what is kept is scaled by the exact
-inverse of its keep probability, so the expected output is the input, as with ``torch.dropout``.
+While the shared trainer trains on the CPU, its forward passes run under `CpuTrainingKernels`, a
+torch function mode that replaces two kinds of calls and leaves every other one to PyTorch.
 
-Attention with dropout on the CPU runs PyTorch's math path already (its fused CPU kernel has no
-dropout); under the mode it is computed the same way, in float32, with the mask drawn as above.
-GPUs draw masks with a fast counter-based generator of their own and are left alone, as are
-compiled models (inductor generates its own random numbers).
+Dropout. PyTorch draws a CPU dropout mask with ``bernoulli_``: one Mersenne Twister draw per
+element, on one thread (pytorch/pytorch#138199). On two cores that was over a quarter of a MiniLM
+training step, more than the attention's matrix products. Under the mode the same Bernoulli masks
+are drawn from 16 random bits per element, four elements to each 64-bit draw of torch's own
+generator (seeds, and resumed runs, stay exact), at about a third of the time per mask. The drop
+probability is quantised to 1/65536 (``p=0.1`` drops 6554/65536 = 0.100006 of the elements) and
+what is kept is scaled by the exact inverse of its keep probability, so the expected output is the
+input, as with ``torch.dropout``. Attention with dropout on the CPU runs PyTorch's math path already
+(its fused CPU kernel has no dropout); under the mode it is computed the same way, in float32, with
+the mask drawn as above. GPUs draw masks with a fast counter-based generator of their own and are
+left alone, as are compiled models (inductor generates its own random numbers).
+
+Depthwise convolutions in bf16. oneDNN has no depthwise kernel for a bf16 convolution's weight
+gradient (nor for the data gradient of a strided one): it runs them as a generic grouped
+convolution, one channel per group, three to five times slower than in float32 (a Unet on
+EfficientNet-Lite0 spent two fifths of its bf16 training step there). Under the mode a depthwise
+``conv2d`` that would compute in bf16 computes in float32, from the same bf16 input and the float32
+weights autocast would have rounded, and hands back bf16 as autocast would: the rest of the network
+sees the dtype it expects, with a result at least as precise.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 LEVELS = 1 << 16  # the resolution of a drop probability: 16 random bits per element
-_active = threading.local()  # how many FastCpuDropout modes this thread is inside
+_active = threading.local()  # how many CpuTrainingKernels modes this thread is inside
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
@@ -88,22 +97,43 @@ def _attention_call(
     return None  # causal, grouped-query and nested attention keep PyTorch's own path
 
 
-_FAST: dict[Callable[..., Any], Callable[..., Any]] = {
+def _computes_in_bf16(input: torch.Tensor) -> bool:
+    if input.dtype == torch.bfloat16:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _conv2d_call(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: Any = 1, padding: Any = 0,
+    dilation: Any = 1, groups: int = 1,
+) -> Any:
+    depthwise = groups > 1 and weight.shape[1] == 1
+    if not (depthwise and input.device.type == "cpu" and _computes_in_bf16(input)):
+        return None
+    with torch.autocast("cpu", enabled=False):
+        output = F.conv2d(input.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                          dilation, groups)
+    return output.to(torch.bfloat16)
+
+
+_REPLACEMENTS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.dropout: _dropout_call,
     torch.dropout: _torch_dropout_call,
     F.scaled_dot_product_attention: _attention_call,
+    F.conv2d: _conv2d_call,  # the same function as torch.conv2d
 }
 
 
-class FastCpuDropout(TorchFunctionMode):
+class CpuTrainingKernels(TorchFunctionMode):
     """While active, CPU dropout (``nn.Dropout``, ``F.dropout``, ``torch.dropout`` and attention's
-    ``dropout_p``) draws its masks with `keep_mask`; everything else runs as usual.
+    ``dropout_p``) draws its masks with `keep_mask`, and depthwise ``conv2d`` that would compute in
+    bf16 computes in float32; everything else runs as usual.
 
     Activation checkpointing recomputes a forward pass during the backward one, where no mode is
     active: a checkpoint taken under this mode must recompute under it too (`checkpoint_contexts`),
     or the recomputation would drop other elements than the forward pass did."""
 
-    def __enter__(self) -> FastCpuDropout:
+    def __enter__(self) -> CpuTrainingKernels:
         _active.depth = getattr(_active, "depth", 0) + 1
         return super().__enter__()
 
@@ -113,9 +143,9 @@ class FastCpuDropout(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        fast = _FAST.get(func)
-        if fast is not None:
-            result = fast(*args, **kwargs)
+        replacement = _REPLACEMENTS.get(func)
+        if replacement is not None:
+            result = replacement(*args, **kwargs)
             if result is not None:
                 return result
         return func(*args, **kwargs)
@@ -123,6 +153,6 @@ class FastCpuDropout(TorchFunctionMode):
 
 def checkpoint_contexts() -> tuple[AbstractContextManager[Any], AbstractContextManager[Any]]:
     """``context_fn`` for `torch.utils.checkpoint.checkpoint` (non-reentrant): the recomputation
-    runs under `FastCpuDropout` when the forward pass did, and replays its masks from the generator
+    runs under `CpuTrainingKernels` when the forward pass did, and replays its masks from the generator
     state the checkpoint restores."""
-    return nullcontext(), (FastCpuDropout() if getattr(_active, "depth", 0) else nullcontext())
+    return nullcontext(), (CpuTrainingKernels() if getattr(_active, "depth", 0) else nullcontext())

@@ -1,15 +1,17 @@
-"""CPU dropout from 16 random bits per element (taskzoo.fast_dropout): the same distribution as
-torch.dropout, drawn from torch's generator, and the trainer uses it only where it should."""
+"""The trainer's CPU kernels (taskzoo.cpu_kernels): dropout from 16 random bits per element, the same
+distribution as torch.dropout drawn from torch's generator; depthwise convolutions that would run in
+bf16 computed in float32; and the trainer uses them only where it should."""
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from taskzoo.fast_dropout import LEVELS, FastCpuDropout, dropout, keep_mask
+from taskzoo.cpu_kernels import LEVELS, CpuTrainingKernels, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -69,9 +71,9 @@ def test_the_mode_replaces_dropout_layers_and_calls_only_while_training():
     layer = torch.nn.Dropout(0.2)
     for call in (layer, lambda t: F.dropout(t, 0.2), lambda t: torch.dropout(t, 0.2, True)):
         torch.manual_seed(3)
-        with FastCpuDropout():
+        with CpuTrainingKernels():
             assert torch.equal(call(x), expected)
-    with FastCpuDropout():
+    with CpuTrainingKernels():
         assert torch.equal(layer.eval()(x), x)
         assert torch.equal(F.dropout(x, 0.0), x)
         inplace = x.clone()
@@ -94,7 +96,7 @@ def test_attention_with_dropout_computes_what_pytorch_does(dtype, mask_kind):
     q, k, v, mask = _attention_inputs(dtype)
     attn_mask = {"bool": mask, "float": torch.zeros(mask.shape).masked_fill(~mask, -1e4).to(dtype), None: None}[mask_kind]
     # A drop probability below 1/65536 keeps everything: the result is attention without dropout.
-    with FastCpuDropout():
+    with CpuTrainingKernels():
         ours = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=1e-6, scale=0.3)
     float_mask = attn_mask.float() if mask_kind == "float" else attn_mask
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=float_mask, scale=0.3)
@@ -102,7 +104,7 @@ def test_attention_with_dropout_computes_what_pytorch_does(dtype, mask_kind):
     assert torch.allclose(ours.float(), reference, atol=1e-5 if dtype == torch.float32 else 2e-2)
     # With dropout, the attention weights are dropped with the mask drawn from torch's generator.
     torch.manual_seed(5)
-    with FastCpuDropout():
+    with CpuTrainingKernels():
         dropped = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.5, scale=0.3)
     torch.manual_seed(5)
     keep, keep_probability = keep_mask((2, 3, 5, 5), 0.5)
@@ -118,5 +120,69 @@ def test_causal_attention_keeps_pytorchs_own_dropout():
     torch.manual_seed(6)
     stock = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True)
     torch.manual_seed(6)
-    with FastCpuDropout():
+    with CpuTrainingKernels():
         assert torch.equal(F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True), stock)
+
+
+def _depthwise(stride: int = 1) -> tuple[torch.nn.Conv2d, torch.Tensor]:
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(24, 48, 5, stride=stride, padding=2, groups=24).to(memory_format=torch.channels_last)
+    image = torch.randn(2, 24, 16, 16).contiguous(memory_format=torch.channels_last)
+    return conv, image
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_depthwise_convolution_under_bf16_autocast_computes_in_float32_and_returns_bf16(stride):
+    conv, image = _depthwise(stride)
+    bf16_input = image.to(torch.bfloat16)  # what the previous layer hands on under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stock = conv(bf16_input)
+        with CpuTrainingKernels():
+            ours = conv(bf16_input.clone().requires_grad_())
+    assert ours.dtype == stock.dtype == torch.bfloat16
+    # Float32 arithmetic on the same bf16 input and the unrounded weights, rounded once at the end.
+    exact = F.conv2d(bf16_input.double(), conv.weight.double(), conv.bias.double(), stride, 2, 1, 24)
+    assert torch.equal(ours, exact.to(torch.bfloat16)) or torch.allclose(ours.double(), exact, rtol=8e-3, atol=1e-5)
+    assert (ours.double() - exact).abs().mean() < (stock.double() - exact).abs().mean()
+    # The gradients reach the input in its dtype and the weights in float32, as with autocast.
+    ours.float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and conv.weight.grad.abs().sum() > 0
+
+
+def test_the_float32_depthwise_gradients_are_the_exact_ones():
+    conv, image = _depthwise()
+    bf16_input = image.to(torch.bfloat16)
+    upstream = torch.randn(2, 48, 16, 16).to(torch.bfloat16)  # gradients reach a bf16 output in bf16
+
+    def weight_gradient(kernels) -> torch.Tensor:
+        conv.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16), kernels:
+            (conv(bf16_input) * upstream).float().sum().backward()
+        return conv.weight.grad.double()
+
+    ours, stock = weight_gradient(CpuTrainingKernels()), weight_gradient(nullcontext())
+    weight = conv.weight.detach().double().requires_grad_()
+    F.conv2d(bf16_input.double(), weight, None, 1, 2, 1, 24).mul(upstream.double()).sum().backward()
+    assert torch.allclose(ours, weight.grad, rtol=1e-5, atol=1e-5)
+    assert (ours - weight.grad).abs().max() * 10 < (stock - weight.grad).abs().max()  # bf16's is rounded
+
+
+def test_other_convolutions_and_float32_training_keep_pytorchs_kernels(monkeypatch):
+    from taskzoo import cpu_kernels
+
+    calls = []
+    monkeypatch.setattr(cpu_kernels, "_computes_in_bf16", lambda input: calls.append(input.dtype) or False)
+    conv, image = _depthwise()
+    with CpuTrainingKernels():
+        assert torch.equal(conv(image), conv(image))
+    assert calls == [torch.float32, torch.float32]  # asked, and declined: float32 stays PyTorch's
+    monkeypatch.undo()
+    dense = torch.nn.Conv2d(24, 8, 3, padding=1)
+    grouped = torch.nn.Conv2d(24, 24, 3, padding=1, groups=6)  # four channels a group: not depthwise
+    for layer in (dense, grouped):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = layer(image)
+            with CpuTrainingKernels():
+                assert torch.equal(layer(image), stock)
+    with torch.autocast("cpu", dtype=torch.bfloat16), CpuTrainingKernels():
+        assert conv(image).dtype == torch.bfloat16  # float32 input under bf16 autocast: replaced

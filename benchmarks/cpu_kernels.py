@@ -1,0 +1,140 @@
+"""Benchmark: one training step with PyTorch's CPU kernels against the trainer's (taskzoo.cpu_kernels).
+
+Both arms run in this process, alternating, on the same model, batches and recipe pieces (AdamW
+fused, clipping, the precision ``--mixed-precision auto`` picks for the task on this CPU); the only
+difference is whether the forward pass runs under `taskzoo.cpu_kernels.CpuTrainingKernels`, as the
+shared trainer runs it on the CPU. Prints seconds per step (medians) and the ratio per shape::
+
+    python benchmarks/cpu_kernels.py                            # text: 16 texts of 32, 128 and 256 tokens
+    python benchmarks/cpu_kernels.py --lengths 20 96 --steps 10
+    python benchmarks/cpu_kernels.py --model unet --sizes 128 256  # segmentation: 8 images a batch
+
+The text backbone (sentiment's) gains from the dropout masks, the Unet on EfficientNet-Lite0
+(segmentation's) from its depthwise convolutions. The quality of training with either kernel is
+measured by the trainer benchmarks over seeds (``sentiment_trainer.py``, ``ner_trainer.py`` and
+``segmentation_trainer.py`` with ``--seed N``; see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+
+Steps = tuple[str, list[int], Any, Callable[[int], Callable[[], Any]]]  # title, shapes, model, batch of a shape
+
+
+def text_steps(opts: argparse.Namespace) -> Steps:
+    """The sentiment task's backbone: a step on random ids of each length, half the batch padded."""
+    import torch
+
+    from taskzoo.plugins import get_host
+    from taskzoo.weights import resolve_backbone
+
+    host = get_host()
+    _, task = _common.make_task(host, "sentiment")
+    backbone = resolve_backbone(host, "sentiment", None)
+    network = task.build_model(backbone, ["negative", "positive"]).network
+
+    def batch(length: int) -> Callable[[], Any]:
+        ids = torch.randint(1000, network.config.vocab_size, (opts.batch_size, length))
+        mask = torch.ones_like(ids)
+        mask[: opts.batch_size // 2, length * 3 // 4:] = 0  # as length grouping leaves a batch
+        labels = torch.randint(0, 2, (opts.batch_size,))
+        return lambda: network(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    return f"sentiment backbone {backbone.name}, tokens", opts.lengths, network, batch
+
+
+def unet_steps(opts: argparse.Namespace) -> Steps:
+    """The segmentation task's Unet, channels-last as the trainer keeps it: a step on random images."""
+    import torch
+
+    from taskzoo.plugins import get_host
+    from taskzoo.weights import resolve_backbone
+
+    host = get_host()
+    _, task = _common.make_task(host, "segmentation")
+    backbone = resolve_backbone(host, "segmentation", None)
+    model = task.build_model(backbone, ["background", "coin"]).to(memory_format=torch.channels_last)
+
+    def batch(size: int) -> Callable[[], Any]:
+        images = torch.randn(opts.batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
+        masks = torch.randint(0, 2, (opts.batch_size, size, size))
+        return lambda: model({"image": images, "mask": masks})["loss"]
+
+    return f"segmentation Unet on {backbone.name}, pixels a side", opts.sizes, model, batch
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["text", "unet"], default="text")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 256], help="text: tokens per text")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="unet: image side in pixels")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16 texts or 8 images")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per arm and shape (after one untimed)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", action="store_true")
+    opts = parser.parse_args(argv)
+    opts.batch_size = opts.batch_size or (16 if opts.model == "text" else 8)
+
+    import torch
+
+    from taskzoo.cpu_kernels import CpuTrainingKernels
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    task_name = "sentiment" if opts.model == "text" else "segmentation"
+    precision = _common.taskzoo_precision(task_name, "auto")
+    torch.manual_seed(0)
+    title, shapes, model, make_batch = (text_steps if opts.model == "text" else unet_steps)(opts)
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
+    arms = {"pytorch": contextlib.nullcontext, "taskzoo": CpuTrainingKernels}
+
+    def step(loss_of: Callable[[], Any], kernels: type) -> float:
+        start = time.perf_counter()
+        with kernels(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_of()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    results = []
+    for shape in shapes:
+        loss_of = make_batch(shape)
+        times: dict[str, list[float]] = {arm: [] for arm in arms}
+        for kernels in arms.values():
+            step(loss_of, kernels)  # untimed: first use of this shape
+        for _ in range(opts.steps):
+            for arm, kernels in arms.items():
+                times[arm].append(step(loss_of, kernels))
+        medians = {arm: statistics.median(values) for arm, values in times.items()}
+        results.append({"model": opts.model, "shape": shape, "batch_size": opts.batch_size, "precision": precision,
+                        "seconds_per_step": medians, "ratio": medians["pytorch"] / medians["taskzoo"]})
+    if opts.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{title.split(',')[0]}, batch {opts.batch_size}, {precision}, torch threads {torch.get_num_threads()}, "
+          f"medians of {opts.steps} steps per arm")
+    print(f"{title.split(', ')[1]:>18}  PyTorch's kernels s/step  taskzoo's s/step  ratio")
+    for row in results:
+        seconds = row["seconds_per_step"]
+        print(f"{row['shape']:>18}  {seconds['pytorch']:>24.3f}  {seconds['taskzoo']:>16.3f}  {row['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
