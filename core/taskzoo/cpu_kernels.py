@@ -17,7 +17,7 @@ left alone, as are compiled models (inductor generates its own random numbers).
 
 Depthwise convolutions in bf16. oneDNN has no depthwise kernel for a bf16 convolution's weight
 gradient (nor for the data gradient of a strided one): it runs them as a generic grouped
-convolution, one channel per group, three to five times slower than in float32 (a Unet on
+convolution, one channel per group, three to seven times slower than in float32 (a Unet on
 EfficientNet-Lite0 spent two fifths of its bf16 training step there). Under the mode a depthwise
 ``conv2d`` that would compute in bf16 computes in float32, from the same bf16 input and the float32
 weights autocast would have rounded, and hands back bf16 as autocast would: the rest of the network

@@ -102,7 +102,7 @@ class ImagesAndBoxes(ItemSeeded, Dataset):
 class DetectionTask(Task):
     input_images = True
     channels_last = True
-    cpu_bf16 = False  # Faster R-CNN trains slower in bf16 autocast on AMX CPUs (benchmarks/README.md)
+    cpu_bf16 = False  # Faster R-CNN gains only 4-7% in bf16 autocast on AMX CPUs, within its mAP noise (benchmarks/README.md)
     _config: dict[str, Any] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
