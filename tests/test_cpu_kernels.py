@@ -5,6 +5,8 @@ bf16 computed in float32; and the trainer uses them only where it should."""
 from __future__ import annotations
 
 import math
+import platform
+import sys
 from contextlib import nullcontext
 
 import pytest
@@ -186,3 +188,45 @@ def test_other_convolutions_and_float32_training_keep_pytorchs_kernels(monkeypat
                 assert torch.equal(layer(image), stock)
     with torch.autocast("cpu", dtype=torch.bfloat16), CpuTrainingKernels():
         assert conv(image).dtype == torch.bfloat16  # float32 input under bf16 autocast: replaced
+
+
+_FREED_RSS = """
+import sys, psutil, torch
+from taskzoo.cpu_kernels import keep_freed_memory_for_reuse
+if sys.argv[1] == "keep":
+    assert keep_freed_memory_for_reuse()
+process = psutil.Process()
+for _ in range(3):  # a training step's large block: allocated, written, freed, again
+    block = torch.ones(64 << 18)  # 64 MiB
+    held = process.memory_info().rss
+    del block
+    print(held - process.memory_info().rss)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_freed_blocks_stay_for_the_next_step_once_kept(tmp_path):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+
+    def returned_mib(mode: str) -> list[float]:
+        done = subprocess.run([sys.executable, "-c", _FREED_RSS, mode], capture_output=True, text=True, env=env, check=True)
+        return [int(line) / 2**20 for line in done.stdout.split()]
+
+    assert min(returned_mib("default")) > 60  # glibc hands a freed 64 MiB block straight back to the kernel
+    assert max(returned_mib("keep")) < 4  # kept: the next step reuses it without faulting it in again
+
+
+@pytest.mark.parametrize("setting", [{"MALLOC_MMAP_THRESHOLD_": "65536"}, {"MALLOC_TRIM_THRESHOLD_": "0"},
+                                     {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
+                                     {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}])
+def test_a_users_own_allocator_settings_are_left_alone(monkeypatch, setting):
+    from taskzoo import cpu_kernels
+
+    calls = []
+    monkeypatch.setattr(cpu_kernels.ctypes, "CDLL", lambda name: calls.append(name))
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    assert cpu_kernels.keep_freed_memory_for_reuse() is False and calls == []

@@ -340,6 +340,16 @@ def test_training_forward_passes_run_under_the_cpu_kernels_and_evaluation_does_n
     assert {fast for training, fast in seen if not training} == {False}
 
 
+def test_training_on_the_cpu_keeps_freed_memory_for_reuse(runner, toy, tmp_path, monkeypatch):
+    from taskzoo import trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "keep_freed_memory_for_reuse", lambda: calls.append("kept") or True)
+    result = run(runner, "--data", toy, "--output", tmp_path / "run", "--epochs", 1, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert calls == ["kept"]
+
+
 def test_metrics_record_the_peak_memory_of_the_run(runner, toy, tmp_path):
     import psutil
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from taskzoo import progress
 from taskzoo.errors import UserError
-from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts
+from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts, keep_freed_memory_for_reuse
 from taskzoo.options import default_of
 from taskzoo.run_folders import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
 from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
@@ -403,6 +403,8 @@ class Trainer:
         # PyTorch's own, which would not replay the forward pass's dropout.
         timm_checkpointed = any(getattr(module, "grad_checkpointing", False) is True for module in model.modules())
         self._cpu_kernels = accelerator.device.type == "cpu" and not args.compile and not timm_checkpointed
+        if accelerator.device.type == "cpu":
+            keep_freed_memory_for_reuse()
         self._samples_seen, self._train_seconds = 0, 0.0
         self._writer = BackgroundWriter()
         self._stop_requests = _StopRequests()
