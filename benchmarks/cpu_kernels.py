@@ -8,6 +8,10 @@ shared trainer runs it on the CPU. Prints seconds per step (medians) and the rat
     python benchmarks/cpu_kernels.py                            # text: 16 texts of 32, 128 and 256 tokens
     python benchmarks/cpu_kernels.py --lengths 20 96 --steps 10
     python benchmarks/cpu_kernels.py --model unet --sizes 128 256  # segmentation: 8 images a batch
+    python benchmarks/cpu_kernels.py --model unet --keep-freed-memory  # with the trainer's allocator setting
+
+``--keep-freed-memory`` applies `taskzoo.cpu_kernels.keep_freed_memory_for_reuse` to this process
+first, as the trainer does on the CPU: it changes both arms, so compare two runs, with and without.
 
 The text backbone (sentiment's) gains from the dropout masks, the Unet on EfficientNet-Lite0
 (segmentation's) from its depthwise convolutions. The quality of training with either kernel is
@@ -84,14 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 texts or 8 images")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per arm and shape (after one untimed)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keep-freed-memory", action="store_true", help="raise malloc's thresholds first, as the trainer does")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args(argv)
     opts.batch_size = opts.batch_size or (16 if opts.model == "text" else 8)
 
     import torch
 
-    from taskzoo.cpu_kernels import CpuTrainingKernels
+    from taskzoo.cpu_kernels import CpuTrainingKernels, keep_freed_memory_for_reuse
 
+    kept = opts.keep_freed_memory and keep_freed_memory_for_reuse()
+    if opts.keep_freed_memory and not kept:
+        sys.exit("--keep-freed-memory: not applied (not glibc, or malloc's thresholds or LD_PRELOAD are set)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     task_name = "sentiment" if opts.model == "text" else "segmentation"
@@ -124,12 +132,13 @@ def main(argv: list[str] | None = None) -> None:
                 times[arm].append(step(loss_of, kernels))
         medians = {arm: statistics.median(values) for arm, values in times.items()}
         results.append({"model": opts.model, "shape": shape, "batch_size": opts.batch_size, "precision": precision,
+                        "freed_memory_kept": kept,
                         "seconds_per_step": medians, "ratio": medians["pytorch"] / medians["taskzoo"]})
     if opts.json:
         print(json.dumps(results, indent=2))
         return
     print(f"{title.split(',')[0]}, batch {opts.batch_size}, {precision}, torch threads {torch.get_num_threads()}, "
-          f"medians of {opts.steps} steps per arm")
+          f"medians of {opts.steps} steps per arm{', freed memory kept' if kept else ''}")
     print(f"{title.split(', ')[1]:>18}  PyTorch's kernels s/step  taskzoo's s/step  ratio")
     for row in results:
         seconds = row["seconds_per_step"]
