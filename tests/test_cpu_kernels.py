@@ -8,6 +8,7 @@ import math
 import platform
 import sys
 from contextlib import nullcontext
+from typing import Any
 
 import pytest
 import torch
@@ -230,3 +231,62 @@ def test_a_users_own_allocator_settings_are_left_alone(monkeypatch, setting):
     for name, value in setting.items():
         monkeypatch.setenv(name, value)
     assert cpu_kernels.keep_freed_memory_for_reuse() is False and calls == []
+
+
+def _regions(count: int = 60, images: int = 2, seed: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature maps of two images (channels-last, as the trainer keeps them) and regions over them,
+    some reaching past the map's edges and some smaller than a bin."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(images, 8, 12, 16, generator=generator).contiguous(memory_format=torch.channels_last)
+    corner = torch.rand(count, 2, generator=generator) * 150 - 20
+    size = torch.rand(count, 2, generator=generator) * 80 + 0.5
+    batch = torch.randint(0, images, (count, 1), generator=generator).float()
+    return features, torch.cat([batch, corner, corner + size], 1)
+
+
+def _roi_align_gradient(features: torch.Tensor, rois: torch.Tensor, kernels: Any, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision
+
+    leaf = features.clone().requires_grad_()
+    with kernels:
+        output = torchvision.ops.roi_align(leaf, rois, (5, 4), 1 / 8, **options)
+    output.backward(torch.arange(output.numel(), dtype=output.dtype).reshape(output.shape).sin())
+    return output, leaf.grad
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+def test_roi_align_gradients_are_torchvisions(aligned, sampling_ratio):
+    features, rois = _regions()
+    stock_output, stock = _roi_align_gradient(features, rois, nullcontext(), sampling_ratio=sampling_ratio, aligned=aligned)
+    output, ours = _roi_align_gradient(features, rois, CpuTrainingKernels(), sampling_ratio=sampling_ratio, aligned=aligned)
+    assert torch.equal(output, stock_output)  # the forward pass is torchvision's own
+    assert stock.abs().sum() > 0 and torch.allclose(ours, stock, rtol=1e-5, atol=1e-5)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_roi_align_gradient_passes_gradcheck():
+    import torchvision
+
+    features, rois = _regions(count=6)
+    features = features[:, :2].double().requires_grad_()
+
+    def align(x: torch.Tensor) -> torch.Tensor:
+        with CpuTrainingKernels():
+            return torchvision.ops.roi_align(x, rois.double(), (3, 2), 1 / 8, sampling_ratio=2, aligned=True)
+
+    assert torch.autograd.gradcheck(align, (features,))
+
+
+def test_roi_align_keeps_torchvisions_kernel_for_adaptive_sampling_and_handles_no_regions(monkeypatch):
+    from taskzoo import cpu_kernels
+
+    features, rois = _regions()
+    calls = []
+    monkeypatch.setattr(cpu_kernels._RoiAlignSparseBackward, "apply", lambda *args: calls.append(args))
+    _, stock = _roi_align_gradient(features, rois, nullcontext(), sampling_ratio=0)
+    _, ours = _roi_align_gradient(features, rois, CpuTrainingKernels(), sampling_ratio=0)
+    assert calls == [] and torch.equal(ours, stock)
+    monkeypatch.undo()
+    _, none = _roi_align_gradient(features, rois[:0], CpuTrainingKernels(), sampling_ratio=2)
+    assert none is None or not none.any()
