@@ -8,13 +8,15 @@ shared trainer runs it on the CPU. Prints seconds per step (medians) and the rat
     python benchmarks/cpu_kernels.py                            # text: 16 texts of 32, 128 and 256 tokens
     python benchmarks/cpu_kernels.py --lengths 20 96 --steps 10
     python benchmarks/cpu_kernels.py --model unet --sizes 128 256  # segmentation: 8 images a batch
+    python benchmarks/cpu_kernels.py --model detector --sizes 512  # detection: 4 example images (default 320 px)
     python benchmarks/cpu_kernels.py --model unet --keep-freed-memory  # with the trainer's allocator setting
 
 ``--keep-freed-memory`` applies `taskzoo.cpu_kernels.keep_freed_memory_for_reuse` to this process
 first, as the trainer does on the CPU: it changes both arms, so compare two runs, with and without.
 
 The text backbone (sentiment's) gains from the dropout masks, the Unet on EfficientNet-Lite0
-(segmentation's) from its depthwise convolutions. The quality of training with either kernel is
+(segmentation's) from its depthwise convolutions in bf16, Faster R-CNN (detection's) from RoIAlign's
+gradient. The quality of training with either kernel is
 measured by the trainer benchmarks over seeds (``sentiment_trainer.py``, ``ner_trainer.py`` and
 ``segmentation_trainer.py`` with ``--seed N``; see benchmarks/README.md).
 """
@@ -80,18 +82,42 @@ def unet_steps(opts: argparse.Namespace) -> Steps:
     return f"segmentation Unet on {backbone.name}, pixels a side", opts.sizes, model, batch
 
 
+def detector_steps(opts: argparse.Namespace) -> Steps:
+    """The detection task's Faster R-CNN, channels-last as the trainer keeps it: a step on the first
+    batch of the example shapes (real boxes, so the detector samples real regions). The network
+    resizes images to the size it was built for, so this takes one ``--sizes``."""
+    import torch
+
+    from taskzoo import options as schema
+    from taskzoo import pipeline
+    from taskzoo.plugins import get_host
+
+    if len(opts.sizes) != 1:
+        sys.exit("--model detector: give one image size (--sizes 320); the network is built for it")
+    spec = get_host().task("detection")
+    shapes = _common.ROOT / "examples" / "detection" / "shapes"
+    values = schema.resolve(spec, "run", [("benchmark", {"data": str(shapes / "train.json"), "image_size": opts.sizes[0],
+                                                          "images": str(shapes / "images" / "train")})])
+    prepared = pipeline.prepare(spec, values)
+    model = prepared.model.to(memory_format=torch.channels_last)
+    images = next(iter(prepared.task.dataloader(prepared.train, batch_size=opts.batch_size, train=True, seed=0)))
+    return "detection Faster R-CNN on efficientnet_lite0, pixels a side", opts.sizes, model, lambda size: lambda: model(images)["loss"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["text", "unet"], default="text")
+    parser.add_argument("--model", choices=["text", "unet", "detector"], default="text")
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 256], help="text: tokens per text")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="unet: image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 16 texts or 8 images")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="unet, detector: image side in pixels "
+                        "(default 128 256 for unet, 320 for detector)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16 texts, 8 images (unet), 4 (detector)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per arm and shape (after one untimed)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep-freed-memory", action="store_true", help="raise malloc's thresholds first, as the trainer does")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args(argv)
-    opts.batch_size = opts.batch_size or (16 if opts.model == "text" else 8)
+    opts.batch_size = opts.batch_size or {"text": 16, "unet": 8, "detector": 4}[opts.model]
+    opts.sizes = opts.sizes or ([320] if opts.model == "detector" else [128, 256])
 
     import torch
 
@@ -102,10 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--keep-freed-memory: not applied (not glibc, or malloc's thresholds or LD_PRELOAD are set)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    task_name = "sentiment" if opts.model == "text" else "segmentation"
+    task_name = {"text": "sentiment", "unet": "segmentation", "detector": "detection"}[opts.model]
     precision = _common.taskzoo_precision(task_name, "auto")
     torch.manual_seed(0)
-    title, shapes, model, make_batch = (text_steps if opts.model == "text" else unet_steps)(opts)
+    steps = {"text": text_steps, "unet": unet_steps, "detector": detector_steps}[opts.model]
+    title, shapes, model, make_batch = steps(opts)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
