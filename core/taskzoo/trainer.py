@@ -402,8 +402,9 @@ class Trainer:
         # A compiled model has its kernels generated; timm's checkpointed blocks recompute with
         # PyTorch's own, which would not replay the forward pass's dropout.
         timm_checkpointed = any(getattr(module, "grad_checkpointing", False) is True for module in model.modules())
-        self._cpu_kernels = accelerator.device.type == "cpu" and not args.compile and not timm_checkpointed
-        if accelerator.device.type == "cpu":
+        on_cpu = accelerator.device.type == "cpu"
+        self._cpu_kernels = on_cpu and not args.compile and not timm_checkpointed
+        if on_cpu:
             keep_freed_memory_for_reuse()
         self._samples_seen, self._train_seconds = 0, 0.0
         self._writer = BackgroundWriter()
