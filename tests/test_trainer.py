@@ -83,12 +83,16 @@ def test_early_stopping_and_best_epoch(runner, toy, tmp_path, monkeypatch):
     assert summary["epochs_run"] == 3 and summary["stopped_early"] and summary["best_epoch"] == 1
 
 
-@pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_what_the_task_keeps_from_evaluating_comes_from_the_best_model(precision, runner, toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("precision", "draws_predictions"), [("no", True), ("bf16", True), ("no", False)])
+def test_what_the_task_keeps_from_evaluating_comes_from_the_best_model(precision, draws_predictions, runner, toy,
+                                                                       tmp_path, monkeypatch):
     """Pictures of predictions (Task.report) are drawn from what the task saw in its last
     evaluation; after the last epoch that must be the best model, the one saved in model/.
-    Training in bf16 evaluates in full precision, as `tasks evaluate` does: the same outputs."""
+    Training in bf16 evaluates in full precision, as `tasks evaluate` does: the same outputs.
+    A task whose pictures come from the metrics alone is not evaluated again."""
     from toy_plugin import ToyTask
+
+    monkeypatch.setattr(ToyTask, "report_draws_predictions", draws_predictions)
 
     evaluations: list[list[float]] = []
     original = ToyTask.predictions
@@ -109,11 +113,16 @@ def test_what_the_task_keeps_from_evaluating_comes_from_the_best_model(precision
     assert summary["mixed_precision"] == precision
     # Separable points: accuracy peaks at once and never rises above it, while the weights move on.
     assert summary["best_epoch"] < summary["epochs_run"] == 3, summary["history"]
-    after_training = evaluations[-1]
-    assert len(evaluations) == 4 and after_training != evaluations[2]  # not the last epoch's model
-    assert after_training == pytest.approx(evaluations[summary["best_epoch"] - 1], abs=1e-5)
+    best = evaluations[summary["best_epoch"] - 1]
+    if draws_predictions:
+        after_training = evaluations[-1]
+        assert len(evaluations) == 4 and after_training != evaluations[2]  # not the last epoch's model
+        assert after_training == pytest.approx(best, abs=1e-5)
+    else:
+        assert len(evaluations) == 3  # one per epoch, none after training
     assert runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(val)]).exit_code == 0
-    assert evaluations[-1] == pytest.approx(after_training, abs=1e-5)  # the saved model gives the same outputs
+    assert evaluations[-1] == pytest.approx(best, abs=1e-5)  # the saved model is the best epoch's
+    assert evaluations[-1] != evaluations[2]
 
 
 def test_crashed_run_is_marked_failed_and_resumes(runner, toy, tmp_path, monkeypatch):

@@ -141,6 +141,11 @@ class Task:
     #: units (Intel AMX), so that ``--mixed-precision auto`` uses it there: true for transformers
     #: encoders and the Unet (1.3x-1.7x), false for Faster R-CNN (slower). Measure before setting it.
     cpu_bf16: bool = False
+    #: Whether `report` draws what `predictions` kept during the last evaluation (example images
+    #: with their masks or boxes) rather than the metrics alone. The trainer then evaluates the
+    #: best epoch's model once more after training when a later epoch ran, so the pictures show
+    #: the saved model; a task whose pictures come from the metrics sets it false and saves that pass.
+    report_draws_predictions: bool = True
 
     def __init__(self, spec: TaskSpec, options: Mapping[str, Any], context: TaskContext | None = None) -> None:
         self.spec = spec

@@ -544,9 +544,9 @@ class Trainer:
 
     def save_best_model(self) -> None:
         """Load the best epoch's weights into the model on every process and save it the task's way
-        into ``model/``. When later epochs ran after the best one, evaluate it once more, so what
-        the task keeps from evaluating (the pictures of predictions its `Task.report` draws) shows
-        the saved model rather than the last epoch's."""
+        into ``model/``. When later epochs ran after the best one and the task's pictures come
+        from its last evaluation (`Task.report_draws_predictions`), evaluate it once more, so they
+        show the saved model rather than the last epoch's."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         best = self.run_dir / CHECKPOINT / BEST_WEIGHTS
@@ -568,7 +568,7 @@ class Trainer:
         if accelerator.num_processes > 1:  # the file may be on the main node only
             for tensor in model.state_dict().values():
                 broadcast(tensor)
-        if self.state["best_epoch"] != self.state["epoch"]:
+        if self.state["best_epoch"] != self.state["epoch"] and self.task.report_draws_predictions:
             self._evaluate()
         accelerator.wait_for_everyone()
 

@@ -46,6 +46,7 @@ def decode_spans(tags: Sequence[str], scores: Sequence[float]) -> list[tuple[int
 class NerTask(Task):
     inline_input = "text"
     cpu_bf16 = True  # MiniLM: 1.3x per epoch on AMX CPUs, the same F1 over 3 seeds (benchmarks/README.md)
+    report_draws_predictions = False  # the confusion matrix and per-type F1 come from the metrics
     tokenizer: Any = None
     _labels: list[str] | None = None
 

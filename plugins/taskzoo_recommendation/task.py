@@ -71,6 +71,7 @@ class _Indices(torch.utils.data.Dataset):
 class RecommendationTask(Task):
     size_unit = "interactions"
     inline_input = "user"
+    report_draws_predictions = False  # its tables and charts come from the metrics
     users: IdMap | None = None
     items: IdMap | None = None
     kind: str = "als"

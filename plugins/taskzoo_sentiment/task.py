@@ -25,6 +25,7 @@ MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: sigmoi
 class SentimentTask(Task):
     inline_input = "text"
     cpu_bf16 = True  # MiniLM: 1.3x per epoch on AMX CPUs, the same accuracy over 3 seeds (benchmarks/README.md)
+    report_draws_predictions = False  # the confusion matrix comes from the metrics
     tokenizer: Any = None
     _labels: list[str] | None = None
     _loaded_multi_label: bool | None = None  # what a loaded model is; None: a run, its --multi-label says
