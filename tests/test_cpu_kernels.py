@@ -290,3 +290,82 @@ def test_roi_align_keeps_torchvisions_kernel_for_adaptive_sampling_and_handles_n
     monkeypatch.undo()
     _, none = _roi_align_gradient(features, rois[:0], CpuTrainingKernels(), sampling_ratio=2)
     assert none is None or not none.any()
+
+
+# -- gradient clipping ---------------------------------------------------------------------------
+
+
+def _parameters_with_gradients(scale: float) -> list[torch.nn.Parameter]:
+    """A word-embedding-sized gradient, dense layers, a channels-last and a transposed (neither
+    layout flattens without a copy for the latter) gradient, a bf16 one and a parameter without any."""
+    torch.manual_seed(0)
+    shapes_and_layouts = [((30522, 384), None), ((1536, 384), None), ((384,), None), ((8, 16, 5, 5), "channels_last"),
+                          ((384, 96), "transposed"), ((64, 32), "bf16")]
+    parameters = []
+    for shape, layout in shapes_and_layouts:
+        gradient = torch.randn(shape) * scale
+        if layout == "channels_last":
+            gradient = gradient.contiguous(memory_format=torch.channels_last)
+        elif layout == "transposed":
+            gradient = torch.randn(shape[::-1]).t() * scale
+        elif layout == "bf16":
+            gradient = gradient.to(torch.bfloat16)
+        parameter = torch.nn.Parameter(torch.zeros(shape, dtype=gradient.dtype))
+        parameter.grad = gradient
+        parameters.append(parameter)
+    parameters.append(torch.nn.Parameter(torch.zeros(3)))  # no gradient
+    return parameters
+
+
+def test_clipping_scales_the_gradients_as_exact_arithmetic_would():
+    from taskzoo.cpu_kernels import clip_grad_norm_
+
+    parameters = _parameters_with_gradients(scale=0.01)
+    originals = [p.grad.double() for p in parameters if p.grad is not None]
+    exact_norm = torch.sqrt(sum((g * g).sum() for g in originals))
+    assert exact_norm > 1.0  # so the gradients are clipped
+    total = clip_grad_norm_(parameters, max_norm=1.0)
+    assert total.dtype == torch.float32
+    assert abs(total.double() - exact_norm) / exact_norm < 1e-5
+    coefficient = 1.0 / (exact_norm + 1e-6)
+    for parameter, original in zip((p for p in parameters if p.grad is not None), originals):
+        tolerance = 1e-2 if parameter.grad.dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(parameter.grad.double(), original * coefficient, rtol=tolerance, atol=1e-9)
+    clipped = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in parameters if p.grad is not None))
+    assert clipped == pytest.approx(1.0, rel=1e-4)
+    # The same total as PyTorch's clipping, which rounds its larger sums less precisely.
+    reference = _parameters_with_gradients(scale=0.01)
+    assert torch.nn.utils.clip_grad_norm_(reference, 1.0).item() == pytest.approx(total.item(), rel=1e-3)
+
+
+def test_gradients_under_the_limit_are_left_as_they_are():
+    from taskzoo.cpu_kernels import clip_grad_norm_
+
+    parameters = _parameters_with_gradients(scale=1e-5)
+    before = [(p.grad.data_ptr(), p.grad.clone()) for p in parameters if p.grad is not None]
+    total = clip_grad_norm_(parameters, max_norm=1.0)
+    assert 0 < total.item() < 1.0
+    after = [(p.grad.data_ptr(), p.grad) for p in parameters if p.grad is not None]
+    assert [pointer for pointer, _ in after] == [pointer for pointer, _ in before]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(after, before))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_non_finite_gradient_is_clipped_as_pytorch_clips_it(bad):
+    from taskzoo.cpu_kernels import clip_grad_norm_
+
+    ours, torchs = _parameters_with_gradients(scale=0.01), _parameters_with_gradients(scale=0.01)
+    for parameters in (ours, torchs):
+        parameters[1].grad[3, 7] = bad
+    total = clip_grad_norm_(ours, max_norm=1.0)
+    reference = torch.nn.utils.clip_grad_norm_(torchs, max_norm=1.0)
+    assert not math.isfinite(total.item()) and (math.isnan(total.item()) == math.isnan(reference.item()))
+    for a, b in zip(ours, torchs):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, equal_nan=True)
+
+
+def test_no_gradients_is_a_zero_norm():
+    from taskzoo.cpu_kernels import clip_grad_norm_
+
+    assert clip_grad_norm_([torch.nn.Parameter(torch.ones(2))], 1.0).item() == 0.0

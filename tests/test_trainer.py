@@ -349,6 +349,24 @@ def test_training_forward_passes_run_under_the_cpu_kernels_and_evaluation_does_n
     assert {fast for training, fast in seen if not training} == {False}
 
 
+def test_training_on_the_cpu_clips_gradients_with_the_cpu_kernels_clipping(runner, toy, tmp_path, monkeypatch):
+    from taskzoo import trainer
+
+    norms = []
+    clip = trainer.clip_grad_norm_
+
+    def recording(parameters, max_norm):
+        norms.append((max_norm, float(clip(parameters, max_norm))))
+        return norms[-1][1]
+
+    monkeypatch.setattr(trainer, "clip_grad_norm_", recording)
+    out = tmp_path / "run"
+    result = run(runner, "--data", toy, "--output", out, "--epochs", 2, "--batch-size", 8, "--max-grad-norm", 0.5)
+    assert result.exit_code == 0, result.output
+    assert len(norms) == json.loads((out / "checkpoint" / "trainer_state.json").read_text())["global_step"] > 0
+    assert {max_norm for max_norm, _ in norms} == {0.5} and all(norm > 0 for _, norm in norms)
+
+
 def test_training_on_the_cpu_keeps_freed_memory_for_reuse(runner, toy, tmp_path, monkeypatch):
     from taskzoo import trainer
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from taskzoo import progress
 from taskzoo.errors import UserError
-from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts, keep_freed_memory_for_reuse
+from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts, clip_grad_norm_, keep_freed_memory_for_reuse
 from taskzoo.options import default_of
 from taskzoo.run_folders import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
 from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
@@ -402,7 +402,7 @@ class Trainer:
         # A compiled model has its kernels generated; timm's checkpointed blocks recompute with
         # PyTorch's own, which would not replay the forward pass's dropout.
         timm_checkpointed = any(getattr(module, "grad_checkpointing", False) is True for module in model.modules())
-        on_cpu = accelerator.device.type == "cpu"
+        self._on_cpu = on_cpu = accelerator.device.type == "cpu"
         self._cpu_kernels = on_cpu and not args.compile and not timm_checkpointed
         if on_cpu:
             keep_freed_memory_for_reuse()
@@ -662,7 +662,7 @@ class Trainer:
                         loss = self.model(batch)["loss"]
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        self._clip_gradients()
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -708,6 +708,15 @@ class Trainer:
             self._end_epoch(epoch, val, loss_total / max(loss_batches, 1), epoch_samples / max(epoch_seconds, 1e-9))
             if (stop := self._stop_requested()):
                 raise TrainingStopped(stop)
+
+    def _clip_gradients(self) -> None:
+        """Scale the gradients to at most ``--max-grad-norm`` in total (2-norm), after unscaling
+        them from fp16 loss scaling; on the CPU through `taskzoo.cpu_kernels.clip_grad_norm_`."""
+        if self._on_cpu:
+            self.accelerator.unscale_gradients()
+            clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        else:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
 
     def _stop_requested(self) -> int | None:
         """The signal that asked the run to stop, agreed by every process (one stops, all stop)."""
