@@ -1,9 +1,11 @@
 """Benchmark: one training step with PyTorch's CPU kernels against the trainer's (taskzoo.cpu_kernels).
 
 Both arms run in this process, alternating, on the same model, batches and recipe pieces (AdamW
-fused, clipping, the precision ``--mixed-precision auto`` picks for the task on this CPU); the only
-difference is whether the forward pass runs under `taskzoo.cpu_kernels.CpuTrainingKernels`, as the
-shared trainer runs it on the CPU. Prints seconds per step (medians) and the ratio per shape::
+fused, clipping to a norm of 1, the precision ``--mixed-precision auto`` picks for the task on this
+CPU); the only differences are whether the forward pass runs under
+`taskzoo.cpu_kernels.CpuTrainingKernels` and the gradients are clipped by
+`taskzoo.cpu_kernels.clip_grad_norm_` or by ``torch.nn.utils.clip_grad_norm_``, as the shared
+trainer trains on the CPU. Prints seconds per step (medians) and the ratio per shape::
 
     python benchmarks/cpu_kernels.py                            # text: 16 texts of 32, 128 and 256 tokens
     python benchmarks/cpu_kernels.py --lengths 20 96 --steps 10
@@ -14,7 +16,7 @@ shared trainer runs it on the CPU. Prints seconds per step (medians) and the rat
 ``--keep-freed-memory`` applies `taskzoo.cpu_kernels.keep_freed_memory_for_reuse` to this process
 first, as the trainer does on the CPU: it changes both arms, so compare two runs, with and without.
 
-The text backbone (sentiment's) gains from the dropout masks, the Unet on EfficientNet-Lite0
+The text backbone (sentiment's) gains from the dropout masks and the clipping, the Unet on EfficientNet-Lite0
 (segmentation's) from its depthwise convolutions in bf16, Faster R-CNN (detection's) from RoIAlign's
 gradient. The quality of training with either kernel is
 measured by the trainer benchmarks over seeds (``sentiment_trainer.py``, ``ner_trainer.py`` and
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from taskzoo.cpu_kernels import CpuTrainingKernels, keep_freed_memory_for_reuse
+    from taskzoo.cpu_kernels import CpuTrainingKernels, clip_grad_norm_, keep_freed_memory_for_reuse
 
     kept = opts.keep_freed_memory and keep_freed_memory_for_reuse()
     if opts.keep_freed_memory and not kept:
@@ -136,14 +138,16 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
-    arms = {"pytorch": contextlib.nullcontext, "taskzoo": CpuTrainingKernels}
+    arms = {"pytorch": (contextlib.nullcontext, torch.nn.utils.clip_grad_norm_),
+            "taskzoo": (CpuTrainingKernels, clip_grad_norm_)}
 
-    def step(loss_of: Callable[[], Any], kernels: type) -> float:
+    def step(loss_of: Callable[[], Any], kernels: tuple[type, Callable[..., Any]]) -> float:
+        mode, clip = kernels
         start = time.perf_counter()
-        with kernels(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = loss_of()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        clip(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start

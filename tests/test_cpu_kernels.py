@@ -296,10 +296,10 @@ def test_roi_align_keeps_torchvisions_kernel_for_adaptive_sampling_and_handles_n
 
 
 def _parameters_with_gradients(scale: float) -> list[torch.nn.Parameter]:
-    """A word-embedding-sized gradient, dense layers, a channels-last and a transposed (neither
-    layout flattens without a copy for the latter) gradient, a bf16 one and a parameter without any."""
+    """A word-embedding-sized gradient, a dense layer's, a bias, a channels-last convolution's, a
+    transposed one (which does not flatten without a copy), a bf16 one and a parameter without any."""
     torch.manual_seed(0)
-    shapes_and_layouts = [((30522, 384), None), ((1536, 384), None), ((384,), None), ((8, 16, 5, 5), "channels_last"),
+    shapes_and_layouts = [((30522, 384), None), ((1536, 384), None), ((384,), None), ((32, 64, 5, 5), "channels_last"),
                           ((384, 96), "transposed"), ((64, 32), "bf16")]
     parameters = []
     for shape, layout in shapes_and_layouts:
