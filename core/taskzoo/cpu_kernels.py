@@ -32,10 +32,10 @@ detectors use 2), the forward pass is torchvision's own and the backward pass mu
 gradient by the sparse matrix of the same bilinear weights (16 to a bin for ratio 2), about eight
 times faster; adaptive sampling keeps torchvision's kernel.
 
-Gradient clipping. `clip_grad_norm_` takes the norm of the gradients as BLAS dot products, three
-times faster than PyTorch's CPU norm and closer to the exact value, and leaves gradients under the
-limit untouched instead of multiplying them by one: a tenth of a MiniLM step at 20 tokens was
-clipping.
+Gradient clipping. `clip_grad_norm_` takes the norm of large gradients as BLAS dot products, up
+to three times faster than PyTorch's CPU norm and closer to the exact value, and leaves gradients
+under the limit untouched instead of multiplying them by one: a tenth of a MiniLM step at 20 tokens
+was clipping.
 
 Memory. glibc's malloc hands every block above its mmap threshold (at most 32 MiB while it adjusts
 it itself) straight back to the kernel when freed, and trims the top of its heap the same way; the
