@@ -12,6 +12,12 @@ trainer trains on the CPU. Prints seconds per step (medians) and the ratio per s
     python benchmarks/cpu_kernels.py --model unet --sizes 128 256  # segmentation: 8 images a batch
     python benchmarks/cpu_kernels.py --model detector --sizes 512  # detection: 4 example images (default 320 px)
     python benchmarks/cpu_kernels.py --model unet --keep-freed-memory  # with the trainer's allocator setting
+    python benchmarks/cpu_kernels.py --clipping --model unet        # clipping alone: one batch's gradients
+
+``--clipping`` times only the clipping of one batch's gradients (of the first shape), torch's
+``clip_grad_norm_`` against `taskzoo.cpu_kernels.clip_grad_norm_`, with a limit twice the norm
+(nothing to scale) and half of it (every gradient scaled), and how far each returned norm is from
+the norm computed in float64.
 
 ``--keep-freed-memory`` applies `taskzoo.cpu_kernels.keep_freed_memory_for_reuse` to this process
 first, as the trainer does on the CPU: it changes both arms, so compare two runs, with and without.
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per arm and shape (after one untimed)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep-freed-memory", action="store_true", help="raise malloc's thresholds first, as the trainer does")
+    parser.add_argument("--clipping", action="store_true", help="time only the gradient clipping of one batch")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args(argv)
     opts.batch_size = opts.batch_size or {"text": 16, "unet": 8, "detector": 4}[opts.model]
@@ -140,6 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
     arms = {"pytorch": (contextlib.nullcontext, torch.nn.utils.clip_grad_norm_),
             "taskzoo": (CpuTrainingKernels, clip_grad_norm_)}
+    if opts.clipping:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = make_batch(shapes[0])()
+        loss.backward()
+        clipping(opts, title, shapes[0], parameters, {arm: clip for arm, (_, clip) in arms.items()})
+        return
 
     def step(loss_of: Callable[[], Any], kernels: tuple[type, Callable[..., Any]]) -> float:
         mode, clip = kernels
@@ -174,6 +187,40 @@ def main(argv: list[str] | None = None) -> None:
     for row in results:
         seconds = row["seconds_per_step"]
         print(f"{row['shape']:>18}  {seconds['pytorch']:>24.3f}  {seconds['taskzoo']:>16.3f}  {row['ratio']:.2f}")
+
+
+def clipping(opts: argparse.Namespace, title: str, shape: int, parameters: list[Any],
+             clips: dict[str, Callable[..., Any]]) -> None:
+    """Each arm's clipping of the same gradients (restored before every call), under and over the limit."""
+    import torch
+
+    gradients = [(p, p.grad.clone()) for p in parameters if p.grad is not None]
+    exact = float(torch.sqrt(sum((g.double() ** 2).sum() for _, g in gradients)))
+    results = []
+    for case, limit in (("under the limit", 2 * exact), ("clipped", exact / 2)):
+        row: dict[str, Any] = {"case": case, "max_norm": limit, "norm_float64": exact}
+        for arm, clip in clips.items():
+            times = []
+            for _ in range(opts.steps + 1):
+                for parameter, gradient in gradients:
+                    parameter.grad.copy_(gradient)
+                start = time.perf_counter()
+                norm = float(clip(parameters, limit))
+                times.append(time.perf_counter() - start)
+            row[arm] = {"seconds": statistics.median(times[1:]), "norm_relative_error": abs(norm - exact) / exact}
+        results.append(row)
+    if opts.json:
+        print(json.dumps(results, indent=2))
+        return
+    count = sum(g.numel() for _, g in gradients)
+    print(f"{title.split(',')[0]} at {shape}: clipping {count / 1e6:.1f}M gradients in {len(gradients)} tensors, "
+          f"medians of {opts.steps}")
+    print(f"{'':>16}  PyTorch ms  taskzoo ms  ratio  norm's distance from float64: PyTorch, taskzoo")
+    for row in results:
+        torch_arm, ours = row["pytorch"], row["taskzoo"]
+        print(f"{row['case']:>16}  {torch_arm['seconds'] * 1e3:>10.2f}  {ours['seconds'] * 1e3:>10.2f}  "
+              f"{torch_arm['seconds'] / ours['seconds']:>5.2f}  {torch_arm['norm_relative_error']:.1e}, "
+              f"{ours['norm_relative_error']:.1e}")
 
 
 if __name__ == "__main__":

@@ -301,7 +301,8 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
         else:
             others.append(gradient)
     if others:  # small ones (one call for all, as torch's own clipping), other dtypes and layouts
-        squares.extend(norm.to(torch.float64).square() for norm in torch._foreach_norm(others))
+        norms = torch.stack([norm.float() for norm in torch._foreach_norm(others)])
+        squares.append(norms.to(torch.float64).square().sum())
     total = torch.stack(squares).sum().sqrt().to(torch.float32)
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
     if not float(coefficient) >= 1.0:
