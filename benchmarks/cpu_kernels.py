@@ -112,9 +112,18 @@ def detector_steps(opts: argparse.Namespace) -> Steps:
     return "detection Faster R-CNN on efficientnet_lite0, pixels a side", opts.sizes, model, lambda size: lambda: model(images)["loss"]
 
 
+# What --model names: the task whose model it is, how its steps are made, its default batch size
+# and image sizes (text takes --lengths).
+MODELS: dict[str, tuple[str, Callable[[argparse.Namespace], Steps], int, list[int]]] = {
+    "text": ("sentiment", text_steps, 16, []),
+    "unet": ("segmentation", unet_steps, 8, [128, 256]),
+    "detector": ("detection", detector_steps, 4, [320]),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["text", "unet", "detector"], default="text")
+    parser.add_argument("--model", choices=list(MODELS), default="text")
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 256], help="text: tokens per text")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="unet, detector: image side in pixels "
                         "(default 128 256 for unet, 320 for detector)")
@@ -125,8 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clipping", action="store_true", help="time only the gradient clipping of one batch")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args(argv)
-    opts.batch_size = opts.batch_size or {"text": 16, "unet": 8, "detector": 4}[opts.model]
-    opts.sizes = opts.sizes or ([320] if opts.model == "detector" else [128, 256])
+    task_name, steps, batch_size, sizes = MODELS[opts.model]
+    opts.batch_size = opts.batch_size or batch_size
+    opts.sizes = opts.sizes or sizes
 
     import torch
 
@@ -137,10 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--keep-freed-memory: not applied (not glibc, or malloc's thresholds or LD_PRELOAD are set)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    task_name = {"text": "sentiment", "unet": "segmentation", "detector": "detection"}[opts.model]
     precision = _common.taskzoo_precision(task_name, "auto")
     torch.manual_seed(0)
-    steps = {"text": text_steps, "unet": unet_steps, "detector": detector_steps}[opts.model]
     title, shapes, model, make_batch = steps(opts)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
