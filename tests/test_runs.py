@@ -477,6 +477,41 @@ def test_a_model_swap_cut_short_is_undone(toy, tmp_path):
     assert taskzoo.load(run.folder).predict(str(toy)) and (run.folder / "model").is_dir()
 
 
+def test_a_checkpoint_swap_never_deletes_the_live_checkpoint_and_one_cut_short_is_undone(toy, tmp_path, monkeypatch):
+    """A checkpoint is swapped in as model/ is (two renames): the live one is never deleted in
+    place, where a kill halfway through would leave its progress without its weights."""
+    import shutil
+
+    from taskzoo.trainer import Trainer
+
+    removed = []
+    rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: (removed.append(Path(path).name), rmtree(path, *a, **k)))
+    original = Trainer._end_epoch
+
+    def stop_after_epoch_2(self, epoch, *args):
+        original(self, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", stop_after_epoch_2)
+    folder = tmp_path / "run"
+    with pytest.raises(taskzoo.RunInterrupted):
+        taskzoo.train("toy", data=toy, output=folder, epochs=3, progress=False)
+    assert "checkpoint.previous" in removed and "checkpoint" not in removed
+    (folder / "checkpoint").rename(folder / "checkpoint.previous")  # killed between the two renames
+    trained = []
+
+    def recording(self, epoch, *args):
+        trained.append(epoch)
+        original(self, epoch, *args)
+
+    monkeypatch.setattr(Trainer, "_end_epoch", recording)
+    resumed = taskzoo.train("toy", resume=folder, epochs=3, progress=False)
+    assert trained == [3] and [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3]  # went on from epoch 2
+    assert not (folder / "checkpoint.previous").exists()
+
+
 def test_tasks_runs_lists_compares_and_filters_run_folders(runner, toy, tmp_path, holder):
     root = tmp_path / "runs"
     for name, lr in (("slow", "0.001"), ("fast", "0.05")):

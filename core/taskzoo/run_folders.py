@@ -28,6 +28,7 @@ STATUS_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
 MODEL_FOLDER = "model"
+CHECKPOINT_FOLDER = "checkpoint"
 
 try:
     import fcntl
@@ -263,6 +264,7 @@ def open_run(folder: Path, *, require_complete: bool = True, option: str = "mode
     if not holder:
         with contextlib.suppress(OSError):  # a read-only run folder is still read
             restore_folder(folder / MODEL_FOLDER)
+            restore_folder(folder / CHECKPOINT_FOLDER)
     if state == "running" and holder:
         raise UserError(f"{where}: the run is still running (pid {holder}); wait for it to finish")
     if require_complete and state != "complete":

@@ -37,12 +37,11 @@ from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts, clip_grad_norm_, keep_freed_memory_for_reuse
 from taskzoo.options import default_of
-from taskzoo.run_folders import MODEL_FOLDER, damaged_file, replace_folder, write_atomically
+from taskzoo.run_folders import CHECKPOINT_FOLDER, MODEL_FOLDER, damaged_file, replace_folder, write_atomically
 from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
 from taskzoo.specs import MetricContext, MetricSpec, format_metric
 from taskzoo.task import Task
 
-CHECKPOINT = "checkpoint"
 WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 TRAINER_STATE = "trainer_state.json"
@@ -471,8 +470,8 @@ class Trainer:
         return self.accelerator.device.type != "cpu" and fits_in_memory(tensor_bytes(state))
 
     def _write_checkpoint(self, state: dict[str, Any], best_now: bool) -> None:
-        folder = self.run_dir / CHECKPOINT
-        partial = self.run_dir / (CHECKPOINT + ".partial")
+        folder = self.run_dir / CHECKPOINT_FOLDER
+        partial = self.run_dir / (CHECKPOINT_FOLDER + ".partial")
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
@@ -486,18 +485,16 @@ class Trainer:
             torch.save(state["scheduler"], partial / "scheduler.pt")
         torch.save(state["random"], partial / RANDOM_STATE)
         (partial / TRAINER_STATE).write_text(state["trainer"], encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        partial.rename(folder)
+        replace_folder(partial, folder)
 
     def load_checkpoint(self, *, extend: bool = False) -> None:
         """Continue from ``checkpoint/``. A complete run keeps only its progress there (see
         `keep_progress_only`): its model comes from ``model/`` (the pipeline loads it) and the
         optimizer starts afresh, its learning rate where the schedule had got to."""
-        folder = self.run_dir / CHECKPOINT
+        folder = self.run_dir / CHECKPOINT_FOLDER
         state = checkpoint_progress(self.run_dir)
         if state is None:
-            raise UserError(f"{self.run_dir}: no checkpoint to resume from (no {CHECKPOINT}/ folder)")
+            raise UserError(f"{self.run_dir}: no checkpoint to resume from (no {CHECKPOINT_FOLDER}/ folder)")
         # Our own files, written above; weights_only still refuses anything but tensors and plain data.
         with _checkpoint_file(folder / TRAINER_STATE, "the trainer's progress as JSON"):
             python_rng = state.pop("python_rng")
@@ -549,7 +546,7 @@ class Trainer:
         show the saved model rather than the last epoch's."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
-        best = self.run_dir / CHECKPOINT / BEST_WEIGHTS
+        best = self.run_dir / CHECKPOINT_FOLDER / BEST_WEIGHTS
         found = [accelerator.is_main_process and best.exists()]
         broadcast_object_list(found)
         if not found[0]:
@@ -906,7 +903,7 @@ def keep_progress_only(run_dir: Path) -> None:
     """What a complete run keeps of its checkpoint: the trainer's progress (epochs, best score,
     history) and random state, a few kilobytes, so that it can still be extended. The weights are
     in ``model/``; the optimizer state (twice the weights again) is dropped."""
-    folder = Path(run_dir) / CHECKPOINT
+    folder = Path(run_dir) / CHECKPOINT_FOLDER
     if not (folder / TRAINER_STATE).exists():
         return
     for path in folder.iterdir():
@@ -916,7 +913,7 @@ def keep_progress_only(run_dir: Path) -> None:
 
 def checkpoint_progress(run_dir: Path) -> dict[str, Any] | None:
     """The trainer state in a run's checkpoint (epochs run, best...), or None without one."""
-    path = Path(run_dir) / CHECKPOINT / TRAINER_STATE
+    path = Path(run_dir) / CHECKPOINT_FOLDER / TRAINER_STATE
     if not path.exists():
         return None
     with _checkpoint_file(path, "the trainer's progress as JSON"):
@@ -925,7 +922,7 @@ def checkpoint_progress(run_dir: Path) -> dict[str, Any] | None:
 
 def has_weights(run_dir: Path) -> bool:
     """Whether the checkpoint holds the weights (a run in progress, or one kept whole)."""
-    return (Path(run_dir) / CHECKPOINT / WEIGHTS).exists()
+    return (Path(run_dir) / CHECKPOINT_FOLDER / WEIGHTS).exists()
 
 
 def _keeping_random_state(loader: Any) -> Iterator[Any]:
