@@ -288,8 +288,18 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
     values (its word-embedding gradient's size) it was 5e-4 off the float64 norm, ``dot`` 7e-6.
     Gradients are multiplied only when the norm is above ``max_norm``: torch multiplies them by 1.0
     otherwise, a pass over every gradient that changes nothing. A non-finite norm scales them as
-    torch's would (to zero or NaN)."""
-    gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    torch's would (to zero or NaN).
+
+    A sparse gradient (`taskzoo.sparse_rows`) is coalesced in place first, its repeated rows summed
+    once, and counts and is scaled through its values."""
+    gradients = []
+    for parameter in parameters:
+        gradient = parameter.grad
+        if gradient is not None and gradient.is_sparse:
+            parameter.grad = gradient = gradient.coalesce()
+            gradient = gradient.values()  # a view: scaling it scales the gradient
+        if gradient is not None:
+            gradients.append(gradient)
     if not gradients:
         return torch.tensor(0.0)
     squares, others = [], []

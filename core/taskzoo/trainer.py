@@ -39,6 +39,7 @@ from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts, clip_gr
 from taskzoo.options import default_of
 from taskzoo.run_folders import CHECKPOINT_FOLDER, MODEL_FOLDER, damaged_file, replace_folder, write_atomically
 from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
+from taskzoo.sparse_rows import RowSparseAdamW, sparse_gradients, vocabulary_embeddings
 from taskzoo.specs import MetricContext, MetricSpec, format_metric
 from taskzoo.task import Task
 
@@ -403,6 +404,10 @@ class Trainer:
         timm_checkpointed = any(getattr(module, "grad_checkpointing", False) is True for module in model.modules())
         self._on_cpu = on_cpu = accelerator.device.type == "cpu"
         self._cpu_kernels = on_cpu and not args.compile and not timm_checkpointed
+        # Row gradients for vocabularies (`taskzoo.sparse_rows`): one process, as processes average
+        # dense gradients; not compiled, as inductor's embedding backward is dense.
+        single_cpu = on_cpu and accelerator.num_processes == 1 and not args.compile
+        self._vocabularies = vocabulary_embeddings(model) if single_cpu else []
         if on_cpu:
             keep_freed_memory_for_reuse()
         self._samples_seen, self._train_seconds = 0, 0.0
@@ -595,7 +600,7 @@ class Trainer:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
-            with self._stop_requests:
+            with self._stop_requests, sparse_gradients(self._vocabularies):
                 if not resume:
                     self._fit_before_training()
                 self._train_epochs()
@@ -796,11 +801,12 @@ class _StopRequests(AbstractContextManager["_StopRequests"]):
 
 
 def _adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, fused where this PyTorch supports it for the parameters (several times faster on CPU)."""
+    """AdamW, fused where this PyTorch supports it for the parameters (several times faster on CPU),
+    taking row gradients as well (`taskzoo.sparse_rows`)."""
     try:
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+        return RowSparseAdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
+        return RowSparseAdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def _checkpoint_file(path: Path, expected: str) -> AbstractContextManager[None]:
