@@ -3,9 +3,11 @@
 Both arms run in this process, alternating, on the same model, batches and recipe pieces (AdamW
 fused, clipping to a norm of 1, the precision ``--mixed-precision auto`` picks for the task on this
 CPU); the only differences are whether the forward pass runs under
-`taskzoo.cpu_kernels.CpuTrainingKernels` and the gradients are clipped by
-`taskzoo.cpu_kernels.clip_grad_norm_` or by ``torch.nn.utils.clip_grad_norm_``, as the shared
-trainer trains on the CPU. Prints seconds per step (medians) and the ratio per shape::
+`taskzoo.cpu_kernels.CpuTrainingKernels`, whether the gradients are clipped by
+`taskzoo.cpu_kernels.clip_grad_norm_` or by ``torch.nn.utils.clip_grad_norm_``, and whether the
+text model's word embeddings train by rows (`taskzoo.sparse_rows`), as the shared trainer trains
+on the CPU. Prints seconds per step (medians) and the ratio per shape, and for the text model a
+third arm, taskzoo's with the vocabulary's gradient dense, for what the rows alone are worth::
 
     python benchmarks/cpu_kernels.py                            # text: 16 texts of 32, 128 and 256 tokens
     python benchmarks/cpu_kernels.py --lengths 20 96 --steps 10
@@ -22,7 +24,7 @@ the norm computed in float64.
 ``--keep-freed-memory`` applies `taskzoo.cpu_kernels.keep_freed_memory_for_reuse` to this process
 first, as the trainer does on the CPU: it changes both arms, so compare two runs, with and without.
 
-The text backbone (sentiment's) gains from the dropout masks and the clipping, the Unet on EfficientNet-Lite0
+The text backbone (sentiment's) gains from the dropout masks, the clipping and the rows, the Unet on EfficientNet-Lite0
 (segmentation's) from its depthwise convolutions in bf16, Faster R-CNN (detection's) from RoIAlign's
 gradient. The quality of training with either kernel is
 measured by the trainer benchmarks over seeds (``sentiment_trainer.py``, ``ner_trainer.py`` and
@@ -49,7 +51,11 @@ Steps = tuple[str, list[int], Any, Callable[[int], Callable[[], Any]]]  # title,
 
 
 def text_steps(opts: argparse.Namespace) -> Steps:
-    """The sentiment task's backbone: a step on random ids of each length, half the batch padded."""
+    """The sentiment task's backbone: each step on new text of each length, half the batch padded.
+    The texts are windows of the example reviews' tokens, so the vocabulary rows the steps reach
+    grow as real text's do (1,562 distinct tokens in all)."""
+    import csv
+
     import torch
 
     from taskzoo.plugins import get_host
@@ -59,13 +65,22 @@ def text_steps(opts: argparse.Namespace) -> Steps:
     _, task = _common.make_task(host, "sentiment")
     backbone = resolve_backbone(host, "sentiment", None)
     network = task.build_model(backbone, ["negative", "positive"]).network
+    with (_common.ROOT / "examples" / "reviews.csv").open(encoding="utf-8") as stream:
+        reviews = [row["review"] for row in csv.DictReader(stream)]
+    tokens = torch.tensor([t for ids in task.tokenizer(reviews, add_special_tokens=False)["input_ids"] for t in ids])
+    windows = torch.Generator().manual_seed(0)
 
     def batch(length: int) -> Callable[[], Any]:
-        ids = torch.randint(1000, network.config.vocab_size, (opts.batch_size, length))
-        mask = torch.ones_like(ids)
+        mask = torch.ones(opts.batch_size, length, dtype=torch.long)
         mask[: opts.batch_size // 2, length * 3 // 4:] = 0  # as length grouping leaves a batch
         labels = torch.randint(0, 2, (opts.batch_size,))
-        return lambda: network(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+        def loss() -> Any:
+            starts = torch.randint(0, len(tokens) - length, (opts.batch_size, 1), generator=windows)
+            ids = tokens[starts + torch.arange(length)]
+            return network(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+        return loss
 
     return f"sentiment backbone {backbone.name}, tokens", opts.lengths, network, batch
 
@@ -141,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from taskzoo.cpu_kernels import CpuTrainingKernels, clip_grad_norm_, keep_freed_memory_for_reuse
+    from taskzoo.sparse_rows import RowSparseAdamW, sparse_gradients, vocabulary_embeddings
 
     kept = opts.keep_freed_memory and keep_freed_memory_for_reuse()
     if opts.keep_freed_memory and not kept:
@@ -152,22 +168,30 @@ def main(argv: list[str] | None = None) -> None:
     title, shapes, model, make_batch = steps(opts)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
-    arms = {"pytorch": (contextlib.nullcontext, torch.nn.utils.clip_grad_norm_),
-            "taskzoo": (CpuTrainingKernels, clip_grad_norm_)}
+    # Each arm: its forward-pass kernels, its clipping, its AdamW (on the same weights) and the
+    # tables it trains by rows (the text model's vocabulary, in taskzoo's arm).
+    arms = {"pytorch": (contextlib.nullcontext, torch.nn.utils.clip_grad_norm_,
+                        torch.optim.AdamW(parameters, lr=1e-5, weight_decay=0.01, fused=True), []),
+            "taskzoo": (CpuTrainingKernels, clip_grad_norm_,
+                        RowSparseAdamW(parameters, lr=1e-5, weight_decay=0.01, fused=True), vocabulary_embeddings(model))}
+    vocabularies = bool(arms["taskzoo"][3])
+    if vocabularies and not opts.clipping:  # what the rows alone are worth: taskzoo's arm with dense gradients
+        arms["dense vocabulary"] = (CpuTrainingKernels, clip_grad_norm_,
+                                    torch.optim.AdamW(parameters, lr=1e-5, weight_decay=0.01, fused=True), [])
     if opts.clipping:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = make_batch(shapes[0])()
         loss.backward()
-        clipping(opts, title, shapes[0], parameters, {arm: clip for arm, (_, clip) in arms.items()})
+        clipping(opts, title, shapes[0], parameters, {arm: clip for arm, (_, clip, _, _) in arms.items()})
         return
 
-    def step(loss_of: Callable[[], Any], kernels: tuple[type, Callable[..., Any]]) -> float:
-        mode, clip = kernels
+    def step(loss_of: Callable[[], Any], arm: tuple[type, Callable[..., Any], Any, list[Any]]) -> float:
+        mode, clip, optimizer, tables = arm
         start = time.perf_counter()
-        with mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = loss_of()
-        loss.backward()
+        with sparse_gradients(tables):
+            with mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = loss_of()
+            loss.backward()
         clip(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -185,16 +209,19 @@ def main(argv: list[str] | None = None) -> None:
         medians = {arm: statistics.median(values) for arm, values in times.items()}
         results.append({"model": opts.model, "shape": shape, "batch_size": opts.batch_size, "precision": precision,
                         "freed_memory_kept": kept,
-                        "seconds_per_step": medians, "ratio": medians["pytorch"] / medians["taskzoo"]})
+                        "seconds_per_step": medians, "ratio": medians["pytorch"] / medians["taskzoo"],
+                        **({"rows_ratio": medians["dense vocabulary"] / medians["taskzoo"]} if vocabularies else {})})
     if opts.json:
         print(json.dumps(results, indent=2))
         return
     print(f"{title.split(',')[0]}, batch {opts.batch_size}, {precision}, torch threads {torch.get_num_threads()}, "
           f"medians of {opts.steps} steps per arm{', freed memory kept' if kept else ''}")
-    print(f"{title.split(', ')[1]:>18}  PyTorch's kernels s/step  taskzoo's s/step  ratio")
+    rows_header = "  taskzoo's, vocabulary dense s/step  rows' own ratio" if vocabularies else ""
+    print(f"{title.split(', ')[1]:>18}  PyTorch's kernels s/step  taskzoo's s/step  ratio{rows_header}")
     for row in results:
         seconds = row["seconds_per_step"]
-        print(f"{row['shape']:>18}  {seconds['pytorch']:>24.3f}  {seconds['taskzoo']:>16.3f}  {row['ratio']:.2f}")
+        rows_columns = f"  {seconds['dense vocabulary']:>34.3f}  {row['rows_ratio']:>15.2f}" if vocabularies else ""
+        print(f"{row['shape']:>18}  {seconds['pytorch']:>24.3f}  {seconds['taskzoo']:>16.3f}  {row['ratio']:>5.2f}{rows_columns}")
 
 
 def clipping(opts: argparse.Namespace, title: str, shape: int, parameters: list[Any],

@@ -1,4 +1,4 @@
-"""Word-embedding tables trained one row at a time on the CPU, with the same numbers as dense AdamW.
+"""Word-embedding tables trained on the CPU by the rows gradients reach, with dense AdamW's numbers.
 
 A batch of a few hundred tokens reaches a few hundred rows of a 30,522-row vocabulary, yet with a
 dense gradient every training step allocates and zeroes the table's whole gradient (47 MB for
@@ -6,13 +6,16 @@ MiniLM), adds it into the clipping norm, and runs AdamW over every row: on two c
 MiniLM step. With ``sparse=True`` an embedding's backward pass hands back only the rows its batch
 looked up, and `RowSparseAdamW` updates the rows any gradient has reached so far.
 
-The result is AdamW's, exactly. A row no gradient has ever reached has both moments at zero, so
-AdamW's update of it is the decoupled weight decay alone: one multiplication of the whole table by
-``1 - lr * weight_decay``, which is what torch's fused kernel computes for it, bit for bit. Every
+From the same gradients the result is AdamW's, exactly (a sparse gradient sums a token repeated
+in a batch in another order than the dense one does, so whole runs agree to rounding). A row no
+gradient has ever reached has both moments at zero, so AdamW's update of it is the decoupled
+weight decay alone: one multiplication of the whole table by ``1 - lr * weight_decay``, which is
+what torch's fused kernel computes for it, bit for bit. Every
 row a gradient has reached keeps moving on its moments even in steps whose batch missed it, so all
 of those rows go through torch's fused AdamW kernel each step, with a zero gradient where this
-batch has none. The optimizer state is AdamW's own (``step``, ``exp_avg``, ``exp_avg_sq``, dense),
-so checkpoints load into either optimizer; the rows reached are read back from ``exp_avg_sq``.
+batch has none. Their moments are kept packed, the reached rows' only; ``state_dict()`` gives
+AdamW's own dense ``exp_avg`` and ``exp_avg_sq``, so checkpoints load into either optimizer, and a
+loaded state is packed again by its rows with a nonzero moment.
 
 The shared trainer turns this on when it trains in one process on the CPU without ``--compile``;
 GPUs, whose dense AdamW is already fast, are left alone.
@@ -68,8 +71,9 @@ class _ReachedRows:
             self.rows = torch.empty(0, dtype=torch.long, device=parameter.device)
             self.exp_avg = parameter.new_zeros((0, *parameter.shape[1:]))
             self.exp_avg_sq = parameter.new_zeros((0, *parameter.shape[1:]))
-        else:  # from AdamW's dense state: a row with a zero second moment has had no gradient
-            self.rows = exp_avg_sq.reshape(table_rows, -1).ne(0).any(dim=1).nonzero().squeeze(1)
+        else:  # from AdamW's dense state: a row whose moments are all zero is only decayed
+            moving = exp_avg.reshape(table_rows, -1).ne(0) | exp_avg_sq.reshape(table_rows, -1).ne(0)
+            self.rows = moving.any(dim=1).nonzero().squeeze(1)
             self.exp_avg, self.exp_avg_sq = exp_avg.index_select(0, self.rows), exp_avg_sq.index_select(0, self.rows)
         self.count = len(self.rows)
         self.slot_of_row[self.rows] = torch.arange(self.count, device=parameter.device)
@@ -126,7 +130,7 @@ class RowSparseAdamW(torch.optim.AdamW):
         self.register_load_state_dict_post_hook(RowSparseAdamW._forget_reached_rows)
 
     @staticmethod
-    def _rows_apply(group: dict[str, Any], parameter: torch.Tensor, gradient: torch.Tensor,
+    def _row_path_fits(group: dict[str, Any], parameter: torch.Tensor, gradient: torch.Tensor,
                     kwargs: dict[str, Any]) -> bool:
         return (
             group.get("fused") is True and not group["amsgrad"] and not group["maximize"]
@@ -140,7 +144,7 @@ class RowSparseAdamW(torch.optim.AdamW):
                 gradient = parameter.grad
                 if gradient is None:
                     continue
-                if gradient.is_sparse and self._rows_apply(group, parameter, gradient, kwargs):
+                if gradient.is_sparse and self._row_path_fits(group, parameter, gradient, kwargs):
                     self._set_aside.append((parameter, gradient, group))
                     parameter.grad = None  # AdamW's own step skips it
                     continue
