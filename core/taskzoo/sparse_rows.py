@@ -10,12 +10,12 @@ From the same gradients the result is AdamW's, exactly (a sparse gradient sums a
 in a batch in another order than the dense one does, so whole runs agree to rounding). A row no
 gradient has ever reached has both moments at zero, so AdamW's update of it is the decoupled
 weight decay alone: one multiplication of the whole table by ``1 - lr * weight_decay``, which is
-what torch's fused kernel computes for it, bit for bit. Every
-row a gradient has reached keeps moving on its moments even in steps whose batch missed it, so all
-of those rows go through torch's fused AdamW kernel each step, with a zero gradient where this
-batch has none. Their moments are kept packed, the reached rows' only; ``state_dict()`` gives
-AdamW's own dense ``exp_avg`` and ``exp_avg_sq``, so checkpoints load into either optimizer, and a
-loaded state is packed again by its rows with a nonzero moment.
+what torch's fused kernel computes for it, bit for bit. Every row a gradient has reached keeps
+moving on its moments even in steps whose batch missed it, so all of those rows go through torch's
+fused AdamW kernel each step, with a zero gradient where this batch has none. Their moments are
+kept packed, the reached rows' only; ``state_dict()`` gives AdamW's own dense ``exp_avg`` and
+``exp_avg_sq``, so checkpoints load into either optimizer, and a loaded state is packed again by
+its rows with a nonzero moment.
 
 The shared trainer turns this on when it trains in one process on the CPU without ``--compile``;
 GPUs, whose dense AdamW is already fast, are left alone.
