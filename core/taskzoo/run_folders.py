@@ -217,6 +217,18 @@ def replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(previous)
 
 
+@contextlib.contextmanager
+def replacing_folder(target: Path) -> Iterator[Path]:
+    """The path of a new folder beside ``target`` (cleared of an earlier attempt's leftovers) for the
+    block to write; when the block ends without an error it takes ``target``'s place through
+    `replace_folder`. A block that fails leaves ``target`` as it was."""
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    yield partial
+    replace_folder(partial, target)
+
+
 def restore_folder(target: Path) -> None:
     """Undo a `replace_folder` that was killed between its renames."""
     previous = target.with_name(target.name + ".previous")

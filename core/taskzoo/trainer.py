@@ -37,7 +37,7 @@ from taskzoo import progress
 from taskzoo.errors import UserError
 from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts, clip_grad_norm_, keep_freed_memory_for_reuse
 from taskzoo.options import default_of
-from taskzoo.run_folders import CHECKPOINT_FOLDER, MODEL_FOLDER, damaged_file, replace_folder, write_atomically
+from taskzoo.run_folders import CHECKPOINT_FOLDER, MODEL_FOLDER, damaged_file, replacing_folder, write_atomically
 from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
 from taskzoo.sparse_rows import RowSparseAdamW, sparse_gradients, vocabulary_embeddings
 from taskzoo.specs import MetricContext, MetricSpec, format_metric
@@ -476,21 +476,18 @@ class Trainer:
 
     def _write_checkpoint(self, state: dict[str, Any], best_now: bool) -> None:
         folder = self.run_dir / CHECKPOINT_FOLDER
-        partial = self.run_dir / (CHECKPOINT_FOLDER + ".partial")
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-        save_weights(state["weights"], partial / WEIGHTS)
-        if best_now:
-            _link(partial / WEIGHTS, partial / BEST_WEIGHTS)
-        elif (folder / BEST_WEIGHTS).exists():
-            _link(folder / BEST_WEIGHTS, partial / BEST_WEIGHTS)
-        if "optimizer" in state:
-            torch.save(state["optimizer"], partial / "optimizer.pt")
-            torch.save(state["scheduler"], partial / "scheduler.pt")
-        torch.save(state["random"], partial / RANDOM_STATE)
-        (partial / TRAINER_STATE).write_text(state["trainer"], encoding="utf-8")
-        replace_folder(partial, folder)
+        with replacing_folder(folder) as partial:
+            partial.mkdir(parents=True)
+            save_weights(state["weights"], partial / WEIGHTS)
+            if best_now:
+                _link(partial / WEIGHTS, partial / BEST_WEIGHTS)
+            elif (folder / BEST_WEIGHTS).exists():
+                _link(folder / BEST_WEIGHTS, partial / BEST_WEIGHTS)
+            if "optimizer" in state:
+                torch.save(state["optimizer"], partial / "optimizer.pt")
+                torch.save(state["scheduler"], partial / "scheduler.pt")
+            torch.save(state["random"], partial / RANDOM_STATE)
+            (partial / TRAINER_STATE).write_text(state["trainer"], encoding="utf-8")
 
     def load_checkpoint(self, *, extend: bool = False) -> None:
         """Continue from ``checkpoint/``. A complete run keeps only its progress there (see
@@ -561,12 +558,8 @@ class Trainer:
             load_model(model, str(best))
             # Saved beside the model it replaces, then swapped in: an extension that dies here
             # leaves the run's earlier model, never half of one.
-            partial = self.run_dir / (MODEL_FOLDER + ".partial")
-            if partial.exists():
-                shutil.rmtree(partial)
-            with contiguous_for_saving(model):
+            with replacing_folder(self.run_dir / MODEL_FOLDER) as partial, contiguous_for_saving(model):
                 self.task.save(model, partial)
-            replace_folder(partial, self.run_dir / MODEL_FOLDER)
         if accelerator.num_processes > 1:  # the file may be on the main node only
             for tensor in model.state_dict().values():
                 broadcast(tensor)
