@@ -170,14 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     parameters = [p for p in model.parameters() if p.requires_grad]
     # Each arm: its forward-pass kernels, its clipping, its AdamW (on the same weights) and the
     # tables it trains by rows (the text model's vocabulary, in taskzoo's arm).
-    arms = {"pytorch": (contextlib.nullcontext, torch.nn.utils.clip_grad_norm_,
-                        torch.optim.AdamW(parameters, lr=1e-5, weight_decay=0.01, fused=True), []),
-            "taskzoo": (CpuTrainingKernels, clip_grad_norm_,
-                        RowSparseAdamW(parameters, lr=1e-5, weight_decay=0.01, fused=True), vocabulary_embeddings(model))}
-    vocabularies = bool(arms["taskzoo"][3])
+    tables = vocabulary_embeddings(model)
+    vocabularies = bool(tables)
+    adamw = lambda kind: kind(parameters, lr=1e-5, weight_decay=0.01, fused=True)  # noqa: E731
+    arms = {"pytorch": (contextlib.nullcontext, torch.nn.utils.clip_grad_norm_, adamw(torch.optim.AdamW), []),
+            "taskzoo": (CpuTrainingKernels, clip_grad_norm_, adamw(RowSparseAdamW), tables)}
     if vocabularies and not opts.clipping:  # what the rows alone are worth: taskzoo's arm with dense gradients
-        arms["dense vocabulary"] = (CpuTrainingKernels, clip_grad_norm_,
-                                    torch.optim.AdamW(parameters, lr=1e-5, weight_decay=0.01, fused=True), [])
+        arms["dense vocabulary"] = (CpuTrainingKernels, clip_grad_norm_, adamw(torch.optim.AdamW), [])
     if opts.clipping:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = make_batch(shapes[0])()
