@@ -210,28 +210,45 @@ def fit_taskzoo(
     }
 
 
-class EpochLoopTimer:
+class EpochLoop:
     """Adds up the seconds of the Trainer's epochs from their start to their last batch's step
     (``on_epoch_begin`` to ``on_epoch_end``; its epoch-end evaluation and save come after), the
-    span taskzoo's trainer counts for its own training samples/s."""
+    span taskzoo's trainer counts for its own training samples/s, and keeps the current epoch's
+    step losses: their mean is what taskzoo reports as an epoch's train loss (the Trainer logs
+    windows of ``logging_steps`` instead)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self._start: float | None = None
+        self._losses: list[Any] = []
+
+    @property
+    def mean_loss(self) -> float | None:
+        """The mean step loss of the last epoch that ran."""
+        return sum(float(loss) for loss in self._losses) / len(self._losses) if self._losses else None
+
+    def recording(self, training_step: Callable[..., Any]) -> Callable[..., Any]:
+        """``Trainer.training_step`` keeping the loss it returns (detached, unread until the end)."""
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            loss = training_step(*args, **kwargs)
+            self._losses.append(loss)
+            return loss
+        return wrapper
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
 
-        timer = self
+        loop = self
 
         class _Epochs(TrainerCallback):
             def on_epoch_begin(self, *args: Any, **kwargs: Any) -> None:
-                timer._start = time.perf_counter()
+                loop._start = time.perf_counter()
+                loop._losses = []
 
             def on_epoch_end(self, *args: Any, **kwargs: Any) -> None:
-                if timer._start is not None:
-                    timer.seconds += time.perf_counter() - timer._start
-                    timer._start = None
+                if loop._start is not None:
+                    loop.seconds += time.perf_counter() - loop._start
+                    loop._start = None
 
         return _Epochs()
 
@@ -315,7 +332,7 @@ def fit_hf(
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory(prefix="hf-bench-") as output_dir:
         args = hf_training_arguments(opts, output_dir, warmup_steps)
-        loop = EpochLoopTimer()
+        loop = EpochLoop()
         trainer = Trainer(
             model=network, args=args, data_collator=collator, train_dataset=train_set, eval_dataset=val_set,
             processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=[loop.callback()],
@@ -323,6 +340,7 @@ def fit_hf(
         # Its checkpoint writes (weights, optimizer, scheduler, random state), timed as taskzoo's are.
         saving = SaveTimer()
         trainer._save_checkpoint = saving.timed(trainer._save_checkpoint)
+        trainer.training_step = loop.recording(trainer.training_step)
         if cuda:
             torch.cuda.reset_peak_memory_stats()  # as taskzoo's fit() does
             torch.cuda.synchronize()
@@ -333,7 +351,6 @@ def fit_hf(
         fit_seconds = time.perf_counter() - start
     key = f"eval_{metric}"
     evals = [entry for entry in trainer.state.log_history if key in entry]
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "fit_seconds": fit_seconds,
         "save_seconds": saving.seconds,
@@ -341,7 +358,7 @@ def fit_hf(
         "training_loop_samples_per_second": len(train_set) * opts.epochs / loop.seconds if loop.seconds else None,
         f"val_{metric}": evals[-1][key] if evals else None,
         f"val_{metric}_by_epoch": [entry[key] for entry in evals],
-        "final_train_loss": losses[-1] if losses else output.metrics.get("train_loss"),
+        "final_train_loss": loop.mean_loss,
         "device": str(args.device),
         "mixed_precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
         "optim": str(getattr(args.optim, "value", args.optim)),
