@@ -36,22 +36,32 @@ METRIC = "accuracy"  # the validation metric reported for both arms
 # -- shared: data and model -----------------------------------------------------------------------
 
 
-def read_and_split(data_path: Path, val_fraction: float, seed: int) -> dict[str, Any]:
-    """Read and split the file as ``tasks run sentiment`` does (`taskzoo.pipeline.read_data`).
+def read_and_split(data: Path, seed: int, *, val: Path | None = None, val_fraction: float = 0.2,
+                   text_column: str | None = None, label_column: str | None = None) -> dict[str, Any]:
+    """Read and split the data as ``tasks run sentiment`` does (`taskzoo.pipeline.read_data`): the
+    validation part is ``val``, or ``val_fraction`` of ``data``.
 
     Returns plain data (JSON-able) so the parent can hand the exact split to both arms.
     """
-    train, val, labels = _common.read_data(TASK, data=data_path, val_fraction=val_fraction, seed=seed)
+    train, val_part, labels = _common.read_data(
+        TASK, data=data, val=val, val_fraction=val_fraction, seed=seed, text_column=text_column,
+        label_column=label_column,
+    )
     part = lambda d: {"texts": list(d.texts), "labels": list(d.labels), "rows": list(d.rows)}  # noqa: E731
     return {
-        "path": str(data_path),
+        "path": str(data),
         "text_column": train.text_column,
         "label_column": train.label_column,
         "columns": list(train.columns),
         "labels": list(labels),
         "train": part(train),
-        "val": part(val),
+        "val": part(val_part),
     }
+
+
+def split_of(opts: argparse.Namespace) -> dict[str, Any]:
+    return read_and_split(opts.data, opts.seed, val=opts.val, val_fraction=opts.val_fraction,
+                          text_column=opts.text_column, label_column=opts.label_column)
 
 
 def data_fingerprint(split: dict[str, Any]) -> str:
@@ -74,7 +84,7 @@ def run_arm(opts: argparse.Namespace) -> dict[str, Any]:
     if opts.split_file:
         split = json.loads(Path(opts.split_file).read_text(encoding="utf-8"))
     else:
-        split = read_and_split(opts.data, opts.val_fraction, opts.seed)
+        split = split_of(opts)
 
     spec, task = _common.make_task(host, TASK)
     backbone = resolve_backbone(host, TASK, opts.backbone)
@@ -135,8 +145,10 @@ def _fit_hf(opts: argparse.Namespace, task: Any, network: Any, split: dict[str, 
 
 
 def run_parent(opts: argparse.Namespace) -> None:
-    split = read_and_split(opts.data, opts.val_fraction, opts.seed)
-    child_args = ["--data", str(opts.data), "--val-fraction", repr(opts.val_fraction), *_common.common_child_args(opts)]
+    split = split_of(opts)
+    child_args = ["--data", str(opts.data), "--val", str(opts.val or ""), "--val-fraction", repr(opts.val_fraction),
+                  "--text-column", opts.text_column or "", "--label-column", opts.label_column or "",
+                  *_common.common_child_args(opts)]
     runs = _common.run_arms(opts, __file__, split, child_args, task=TASK)
     summary = _common.summarise(runs, task=TASK, metric=METRIC)
     tz = summary["taskzoo"]
@@ -153,8 +165,15 @@ def run_parent(opts: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "reviews.csv", help="labelled CSV/TSV/JSONL")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "reviews.csv",
+                        help="labelled texts: CSV, TSV, JSON Lines, Parquet (what tasks run reads)")
+    parser.add_argument("--val", type=lambda s: Path(s) if s else None, default=None,
+                        help="validation texts (default: --val-fraction of --data)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="used only without --val")
+    parser.add_argument("--text-column", default=None, type=lambda s: s or None,
+                        help="the task's option (default: detected, e.g. text/review/sentence)")
+    parser.add_argument("--label-column", default=None, type=lambda s: s or None,
+                        help="the task's option (default: detected, e.g. label/sentiment/stars)")
     _common.add_common_arguments(parser, task=TASK, epochs=3, batch_size=16, lr=1e-4)
     opts = parser.parse_args(argv)
     _common.check_common_arguments(parser, opts)

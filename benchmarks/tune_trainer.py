@@ -71,7 +71,7 @@ def hf_arm(opts: argparse.Namespace) -> dict[str, Any]:
     from taskzoo.weights import resolve_backbone
 
     host = _common.arm_setup(opts)
-    split = read_and_split(opts.data, 0.2, opts.seed)
+    split = read_and_split(opts.data, opts.seed)
     spec, task = _common.make_task(host, TASK, {"max_length": opts.max_length})
     backbone = resolve_backbone(host, TASK, None)
     task.build_model(backbone, split["labels"])  # the tokenizer, as the task sets it up
