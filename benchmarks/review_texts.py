@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="where train.tsv and dev.tsv are written")
     parser.add_argument("--reviews", type=Path, default=ROOT / "examples" / "reviews.csv")
     opts = parser.parse_args()
-    pairs = texts(opts.reviews, 5000)  # the first TRAIN train, the next DEV validate
+    pairs = texts(opts.reviews, TRAIN + DEV)
     opts.folder.mkdir(parents=True, exist_ok=True)
     write(pairs[:TRAIN], opts.folder / "train.tsv")
     write(pairs[TRAIN:TRAIN + DEV], opts.folder / "dev.tsv")
