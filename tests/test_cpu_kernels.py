@@ -118,6 +118,50 @@ def test_attention_with_dropout_computes_what_pytorch_does(dtype, mask_kind):
     assert torch.allclose(dropped.float(), expected.to(dtype).float(), atol=1e-5 if dtype == torch.float32 else 2e-2)
 
 
+def _attention_by_autograd(q, k, v, attn_mask, dropout_p, scale):
+    """The composition `_AttentionWithDropout` writes out, differentiated by autograd."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(attn_mask.logical_not(), torch.finfo(torch.float32).min)
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    keep, keep_probability = keep_mask(scores.shape, dropout_p)
+    return ((scores.softmax(-1) * (keep.float() * (1.0 / keep_probability))) @ v.float()).to(v.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "learned", None])
+def test_attention_with_dropout_has_autograds_gradient_bit_for_bit(dtype, mask_kind):
+    torch.manual_seed(8)
+    # Cross-attention shapes (7 queries, 5 keys, values 6 wide), heads laid out as transformers
+    # views them: [batch, length, heads x width] transposed, not contiguous.
+    q = torch.randn(2, 7, 3 * 8).view(2, 7, 3, 8).transpose(1, 2).to(dtype)
+    k = torch.randn(2, 5, 3 * 8).view(2, 5, 3, 8).transpose(1, 2).to(dtype)
+    v = torch.randn(2, 3, 5, 6, dtype=dtype)
+    padding = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    padding[0, ..., 3:] = False
+    attn_mask = {"bool": padding, "float": torch.zeros(padding.shape).masked_fill(~padding, -1e4).to(dtype),
+                 "learned": torch.randn(1, 3, 7, 5), None: None}[mask_kind]
+    output_gradient = torch.randn(2, 3, 7, 6, dtype=dtype)
+
+    def gradients(attention):
+        inputs = [tensor.detach().requires_grad_() for tensor in (q, k, v)]
+        mask = attn_mask.detach().requires_grad_() if mask_kind == "learned" else attn_mask
+        torch.manual_seed(9)
+        output = attention(*inputs, mask, 0.3, 0.25)
+        output.backward(output_gradient)
+        return [output, *(tensor.grad for tensor in inputs)] + ([mask.grad] if mask_kind == "learned" else [])
+
+    with CpuTrainingKernels():
+        ours = gradients(lambda *a: F.scaled_dot_product_attention(*a[:4], dropout_p=a[4], scale=a[5]))
+    reference = gradients(_attention_by_autograd)
+    assert [t.dtype for t in ours] == [t.dtype for t in reference]
+    for mine, theirs in zip(ours, reference):
+        assert torch.equal(mine, theirs)
+    if mask_kind == "bool":  # padded keys get no gradient
+        assert ours[2][0, :, 3:].abs().sum() == 0 and ours[3][0, :, 3:].abs().sum() == 0
+
+
 def test_causal_attention_keeps_pytorchs_own_dropout():
     q, k, v, _ = _attention_inputs()
     torch.manual_seed(6)

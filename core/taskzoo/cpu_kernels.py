@@ -14,7 +14,8 @@ probability is quantised to 1/65536 (``p=0.1`` drops 6554/65536 = 0.100006 of th
 what is kept is scaled by the exact inverse of its keep probability, so the expected output is the
 input, as with ``torch.dropout``. Attention with dropout on the CPU runs PyTorch's math path already
 (its fused CPU kernel has no dropout); under the mode it is computed the same way, in float32, with
-the mask drawn as above. GPUs draw masks with a fast counter-based generator of their own and are
+the mask drawn as above and the gradient written out, as autograd would take it but without its
+copies. GPUs draw masks with a fast counter-based generator of their own and are
 left alone, as are compiled models (inductor generates its own random numbers).
 
 Depthwise convolutions in bf16. oneDNN has no depthwise kernel for a bf16 convolution's weight
@@ -61,6 +62,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
 LEVELS = 1 << 16  # the resolution of a drop probability: 16 random bits per element
@@ -84,24 +86,70 @@ def dropout(input: torch.Tensor, p: float, inplace: bool = False) -> torch.Tenso
     return input.mul_(scaled) if inplace else input * scaled
 
 
-def _attention_with_dropout(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float,
-    scale: float | None,
-) -> torch.Tensor:
+class _AttentionWithDropout(torch.autograd.Function):
     """`F.scaled_dot_product_attention` as PyTorch's math path computes it on the CPU (reduced
-    precision inputs in float32), with the attention weights dropped by `dropout`. A query row whose
-    keys are all masked attends to all of them evenly (transformers' eager attention does so) where
-    the math path gives zeros: such rows are padding, and neither is NaN."""
-    dtype = value.dtype
-    with torch.autocast(query.device.type, enabled=False):  # autocast would take the products back to bf16
-        query, key, value = query.float(), key.float(), value.float()
-        scores = (query @ key.transpose(-2, -1)) * (1 / math.sqrt(query.size(-1)) if scale is None else scale)
-        if attn_mask is not None:
-            if attn_mask.dtype == torch.bool:
-                scores = scores.masked_fill(attn_mask.logical_not(), torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + attn_mask
-        return (dropout(scores.softmax(dim=-1), dropout_p) @ value).to(dtype)
+    precision inputs in float32), with the attention weights dropped by `keep_mask`'s mask, and its
+    gradient written out: the same products, softmax gradient and rounding as autograd takes through
+    that composition (the tests compare them bit for bit), without the copies autograd makes of the
+    heads' transposed layouts and of the scores for each elementwise step, a fifth of the
+    attention's time at 40 tokens. A query row whose keys are all masked attends to all of them
+    evenly (transformers' eager attention does so) where the math path gives zeros: such rows are
+    padding, and neither is NaN."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attn_mask: torch.Tensor | None, dropout_p: float, scale: float) -> torch.Tensor:
+        *batch, query_length, width = query.shape
+        key_length, value_width = key.shape[-2], value.shape[-1]
+        heads = math.prod(batch)
+
+        def as_float(tensor: torch.Tensor, length: int, columns: int) -> torch.Tensor:
+            # One pass converts the dtype and lays the heads out contiguously, which the products need
+            # (a float32 tensor comes back as it is from ``to``, hence ``contiguous``).
+            return tensor.to(torch.float32, memory_format=torch.contiguous_format).contiguous().view(heads, length, columns)
+
+        q, k, v = as_float(query, query_length, width), as_float(key, key_length, width), as_float(value, key_length, value_width)
+        scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale).view(*batch, query_length, key_length)
+        masked_out = None
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            masked_out = attn_mask.logical_not()
+            scores.masked_fill_(masked_out, torch.finfo(scores.dtype).min)
+        elif attn_mask is not None:
+            scores.add_(attn_mask)
+        weights = scores.softmax(dim=-1)
+        keep, keep_probability = keep_mask(weights.shape, dropout_p)
+        kept_scale = keep.to(weights.dtype).mul_(1.0 / keep_probability)
+        dropped = (weights * kept_scale).view(heads, query_length, key_length)
+        ctx.save_for_backward(q, k, v, weights, kept_scale, dropped, masked_out)
+        ctx.scale, ctx.mask_shape, ctx.dtypes = scale, None if attn_mask is None else attn_mask.shape, (
+            query.dtype, key.dtype, value.dtype, None if attn_mask is None else attn_mask.dtype)
+        return torch.bmm(dropped, v).view(*batch, query_length, value_width).to(value.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, weights, kept_scale, dropped, masked_out = ctx.saved_tensors
+        query_dtype, key_dtype, value_dtype, mask_dtype = ctx.dtypes
+        heads, query_length, key_length = dropped.shape
+        batch = weights.shape[:-2]
+        need_query, need_key, need_value, need_mask = ctx.needs_input_grad[:4]
+        grad = grad_output.to(torch.float32, memory_format=torch.contiguous_format).contiguous()
+        grad = grad.view(heads, query_length, -1)
+        grad_value = torch.bmm(dropped.transpose(1, 2), grad) if need_value else None
+        grad_weights = torch.bmm(grad, v.transpose(1, 2)).view(weights.shape).mul_(kept_scale)
+        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, torch.float32)
+        if masked_out is not None:
+            grad_scores.masked_fill_(masked_out, 0)
+        grad_mask = grad_scores.sum_to_size(ctx.mask_shape).to(mask_dtype) if need_mask else None
+        grad_products = grad_scores.mul_(ctx.scale).view(heads, query_length, key_length)
+        grad_query = torch.bmm(grad_products, k) if need_query else None
+        grad_key = torch.bmm(grad_products.transpose(1, 2), q) if need_key else None
+
+        def shaped(gradient: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+            return None if gradient is None else gradient.view(*batch, *gradient.shape[1:]).to(dtype)
+
+        return (shaped(grad_query, query_dtype), shaped(grad_key, key_dtype), shaped(grad_value, value_dtype),
+                grad_mask, None, None)
 
 
 def _dropout_call(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
@@ -118,9 +166,13 @@ def _attention_call(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, *, enable_gqa: bool = False,
 ) -> Any:
-    simple = not (is_causal or enable_gqa or query.is_nested) and query.dim() == key.dim()
+    simple = not (is_causal or enable_gqa or query.is_nested) and query.dim() >= 3
+    # Heads broadcast against each other keep PyTorch's own path too.
+    simple = simple and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]
     if dropout_p > 0 and query.device.type == "cpu" and simple:
-        return _attention_with_dropout(query, key, value, attn_mask, dropout_p, scale)
+        scale = 1 / math.sqrt(query.size(-1)) if scale is None else scale
+        with torch.autocast(query.device.type, enabled=False):  # autocast would take the products back to bf16
+            return _AttentionWithDropout.apply(query, key, value, attn_mask, dropout_p, scale)
     return None  # causal, grouped-query and nested attention keep PyTorch's own path
 
 
