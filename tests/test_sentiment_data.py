@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import torch
 from conftest import write_csv
 
 from taskzoo import DataError
@@ -166,3 +167,39 @@ def test_the_metrics_match_scikit_learn_including_labels_never_seen():
         assert ours[name]["support"] == support[i]
         assert abs(ours[name]["precision"] - precision[i]) + abs(ours[name]["recall"] - recall[i]) + abs(ours[name]["f1"] - f1[i]) < 1e-12
     assert metrics.confusion_matrix(predictions, references, context) == sk.confusion_matrix(references, ids, labels=labels).tolist()
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_batches_padded_from_kept_token_ids_are_the_batches_tokenised_as_they_load(multi_label, tmp_path,
+                                                                                   monkeypatch):
+    """A set up to KEPT_TOKENS tokens is tokenised once and padded batch by batch; a larger one is
+    tokenised again as each batch loads. Both give the same batches, in the same order."""
+    import taskzoo_sentiment.task as sentiment
+    from taskzoo.plugins import PluginHost
+
+    rows = ["text,label"] + [
+        f"\"{'word ' * (i % 9)}review {i}, {'good' if i % 3 else 'bad'}\",{'pos|neg' if i % 4 else 'pos'}" for i in range(45)
+    ]
+    path = tmp_path / "texts.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    host = PluginHost()
+    task = sentiment.SentimentTask(host.task("sentiment"), {"multi_label": multi_label, "max_length": 12})
+    data = task.read(path, role="train")
+    task.build_model(host.default_backbone("sentiment"), task.labels(data))
+
+    def batches(train: bool) -> list[dict]:
+        return list(task.dataloader(data, batch_size=8, train=train, seed=3))
+
+    lengths, kept = task._tokenised(data)
+    assert kept is not None and kept.starts[-1] == sum(lengths)
+    assert max(lengths) == 12  # truncated to --max-length as the tokenizer does
+    padded = {train: batches(train) for train in (True, False)}
+    monkeypatch.setattr(sentiment, "KEPT_TOKENS", sum(lengths) - 1)
+    assert task._tokenised(data)[1] is None
+    for train in (True, False):
+        tokenised = batches(train)
+        assert len(tokenised) == len(padded[train]) == 6
+        for ours, theirs in zip(padded[train], tokenised):
+            assert ours.keys() == theirs.keys() >= {"input_ids", "attention_mask", "token_type_ids", "labels", "index"}
+            for key in theirs:
+                assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key

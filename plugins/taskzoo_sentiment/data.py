@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,37 @@ class TextData:
             rows=_pick(self.rows, indices),
             records=_pick(self.records, indices) if self.records else [],
         )
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Texts kept tokenised: each per-token field a tokenizer returned (but the attention mask, which
+    padding makes) as one flat int32 array, and where each text starts in it; a Python list of ids
+    would take nine times the memory."""
+
+    fields: dict[str, np.ndarray]
+    starts: np.ndarray
+
+    @staticmethod
+    def flat(encoded: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, np.ndarray]:
+        """One tokenizer call's per-token fields, flattened: a part for `joined`."""
+        count = sum(len(ids) for ids in encoded["input_ids"])
+        return {name: np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=count)
+                for name, rows in encoded.items() if name != "attention_mask"}
+
+    @classmethod
+    def joined(cls, parts: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]) -> TokenIds:
+        """The texts of ``parts`` (`flat`'s, in order), each of its length in ``lengths``."""
+        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        names = parts[0].keys() if parts else ("input_ids",)
+        return cls({name: np.concatenate([part[name] for part in parts] or [np.zeros(0, np.int32)]) for name in names},
+                   starts)
+
+    def texts(self, indices: Sequence[int]) -> list[dict[str, list[int]]]:
+        """The texts at ``indices``, as a tokenizer's ``pad`` takes them."""
+        return [{name: ids[self.starts[i]:self.starts[i + 1]].tolist() for name, ids in self.fields.items()}
+                for i in indices]
 
 
 def _pick(values: Sequence[Any], indices: Sequence[int]) -> Sequence[Any]:

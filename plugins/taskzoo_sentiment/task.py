@@ -17,9 +17,12 @@ from taskzoo.helpers.plots import plot_confusion_matrix
 from taskzoo.helpers.tables import delimited_text, json_lines_text, write_or_return
 from taskzoo.task import Task
 from taskzoo.helpers.splits import stratified_split
-from taskzoo_sentiment.data import TextData, label_set, read_texts, read_texts_in_parts, sort_labels
+from taskzoo_sentiment.data import TextData, TokenIds, label_set, read_texts, read_texts_in_parts, sort_labels
 
 MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: sigmoid outputs, BCE loss
+# A set of up to this many tokens is kept tokenised (128 MiB of int32 ids, as many again for token
+# type ids) and padded batch by batch: tokenising each batch again took a fiftieth of a MiniLM epoch.
+KEPT_TOKENS = 1 << 25
 
 
 class SentimentTask(Task):
@@ -110,20 +113,29 @@ class SentimentTask(Task):
             raise RuntimeError("build or load the model first")
         return self._labels
 
-    def _token_lengths(self, data: TextData) -> list[int]:
-        """Each text's length in tokens, tokenised a few thousand at a time and kept as lengths only."""
+    def _tokenised(self, data: TextData) -> tuple[list[int], TokenIds | None]:
+        """Each text's length in tokens, tokenised a few thousand at a time, and the token ids
+        themselves while the set holds at most `KEPT_TOKENS` tokens (None above: a larger set is
+        tokenised again batch by batch as the loader asks, never held tokenised)."""
         lengths: list[int] = []
+        parts: list[dict[str, Any]] | None = []
+        tokens = 0
         for start in range(0, len(data), 2048):  # a slice of a Column is a Column: read a batch at a time
             texts = list(data.texts[start:start + 2048])
             encoded = self.tokenizer(texts, truncation=True, max_length=self.tokenizer.model_max_length)
             lengths.extend(len(ids) for ids in encoded["input_ids"])
-        return lengths
+            tokens += sum(lengths[-len(texts):])
+            parts = None if parts is None or tokens > KEPT_TOKENS else [*parts, TokenIds.flat(encoded)]
+        return lengths, None if parts is None else TokenIds.joined(parts, lengths)
 
-    def _collate(self, data: TextData, label_ids: dict[str, int], indices: list[int]) -> dict[str, torch.Tensor]:
-        """A batch tokenised when the loader asks for it, so a large training set is never held
-        tokenised: only its texts, memory-mapped, and their lengths."""
-        encoded = self.tokenizer([data.texts[i] for i in indices], truncation=True, padding=True,
-                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")
+    def _collate(self, data: TextData, label_ids: dict[str, int], kept: TokenIds | None,
+                 indices: list[int]) -> dict[str, torch.Tensor]:
+        """A batch padded from the kept token ids, or tokenised when the loader asks for it."""
+        if kept is not None:
+            encoded = self.tokenizer.pad(kept.texts(indices), return_tensors="pt")
+        else:
+            encoded = self.tokenizer([data.texts[i] for i in indices], truncation=True, padding=True,
+                                     max_length=self.tokenizer.model_max_length, return_tensors="pt")
         batch = {key: encoded[key] for key in TOKEN_FIELDS if key in encoded}
         batch["index"] = torch.tensor(indices)
         if data.labels is not None:
@@ -140,11 +152,11 @@ class SentimentTask(Task):
     def dataloader(self, data: TextData, *, batch_size: int, train: bool, seed: int) -> DataLoader:
         if not train and data.labels is not None and self.multi_label:
             self._threshold_data = data  # the run's validation data: thresholds are chosen on it when saving
-        lengths = self._token_lengths(data)
+        lengths, kept = self._tokenised(data)
         label_ids = {label: i for i, label in enumerate(self.labels_of_model)} if data.labels is not None else {}
         sampler = SeededLengthGroupedSampler(lengths, batch_size, seed) if train else LongestFirstSampler(lengths)
         return DataLoader(range(len(data)), batch_size=batch_size, sampler=sampler,
-                          collate_fn=functools.partial(self._collate, data, label_ids))
+                          collate_fn=functools.partial(self._collate, data, label_ids, kept))
 
     def predictions(self, batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> list[dict[str, Any]]:
         if self.multi_label:
