@@ -20,9 +20,10 @@ from taskzoo.helpers.splits import stratified_split
 from taskzoo_sentiment.data import TextData, TokenIds, label_set, read_texts, read_texts_in_parts, sort_labels
 
 MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: sigmoid outputs, BCE loss
-# A set of up to this many tokens is kept tokenised (128 MiB of int32 ids, as many again for token
-# type ids) and padded batch by batch: tokenising each batch again took a fiftieth of a MiniLM epoch.
-KEPT_TOKENS = 1 << 25
+# A set of up to this many tokens (400,000 reviews of 40) is kept tokenised, 64 MiB of int32 ids and
+# as many again for token type ids, and padded batch by batch: tokenising each batch again took a
+# fiftieth of a MiniLM epoch. A larger set stops being kept when its length pass passes the limit.
+KEPT_TOKENS = 1 << 24
 
 
 class SentimentTask(Task):
