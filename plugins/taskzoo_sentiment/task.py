@@ -22,7 +22,7 @@ from taskzoo_sentiment.data import TextData, TokenIds, label_set, read_texts, re
 MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: sigmoid outputs, BCE loss
 # A set of up to this many tokens (400,000 reviews of 40) is kept tokenised, 64 MiB of int32 ids and
 # as many again for token type ids, and padded batch by batch: tokenising each batch again took a
-# fiftieth of a MiniLM epoch. A larger set stops being kept when its length pass passes the limit.
+# fiftieth of a MiniLM epoch.
 KEPT_TOKENS = 1 << 24
 
 
@@ -126,7 +126,13 @@ class SentimentTask(Task):
             encoded = self.tokenizer(texts, truncation=True, max_length=self.tokenizer.model_max_length)
             lengths.extend(len(ids) for ids in encoded["input_ids"])
             tokens += sum(lengths[-len(texts):])
-            parts = None if parts is None or tokens > KEPT_TOKENS else [*parts, TokenIds.flat(encoded)]
+            # Kept while the whole set, at the tokens per text so far, would fit: a set far larger
+            # than the limit is dropped at its first part instead of held up to the limit.
+            fits = tokens / len(lengths) * len(data) <= KEPT_TOKENS
+            if parts is not None and fits:
+                parts.append(TokenIds.flat(encoded))
+            else:
+                parts = None
         return lengths, None if parts is None else TokenIds.joined(parts, lengths)
 
     def _collate(self, data: TextData, label_ids: dict[str, int], kept: TokenIds | None,
