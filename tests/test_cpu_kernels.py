@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from taskzoo.cpu_kernels import LEVELS, CpuTrainingKernels, dropout, keep_mask
+from taskzoo.cpu_kernels import LEVELS, CpuTrainingKernels, SharedInputProjections, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -169,6 +169,87 @@ def test_causal_attention_keeps_pytorchs_own_dropout():
     torch.manual_seed(6)
     with CpuTrainingKernels():
         assert torch.equal(F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True), stock)
+
+
+def _tiny_bert(hidden_dropout: float = 0.1):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(10)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        hidden_dropout_prob=hidden_dropout, attention_probs_dropout_prob=0.1)
+    return BertForSequenceClassification(config).train()
+
+
+def _linear_calls(function) -> list[int]:
+    """The output widths of the products ``F.linear`` computed in ``function()``, in order
+    (autocast's linear calls itself again: counted once)."""
+    with torch.profiler.profile(record_shapes=True) as profile:
+        function()
+    return [event.input_shapes[1][0] for event in profile.events() if event.name == "aten::linear"
+            and getattr(event.cpu_parent, "name", None) != "aten::linear"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_attentions_projections_are_one_product_with_the_same_loss_and_gradients(dtype):
+    model = _tiny_bert()
+    projections = SharedInputProjections(model)
+    assert len(projections) == 2  # one self-attention a layer
+    ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(11))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    labels = torch.tensor([0, 1, 1])
+
+    def step(given):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(12)  # the same dropout masks in both
+        with CpuTrainingKernels(given), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    separate_loss, separate = step(None)
+    fused_loss, fused = step(projections)
+    # The outputs are the separate products' own; an input's gradient is summed before it is
+    # rounded once, so in bf16 the gradients differ from the separate ones' by rounding.
+    assert torch.equal(fused_loss, separate_loss)
+    tolerance = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 0.05, "atol": 1e-3}
+    for name, gradient in separate.items():
+        torch.testing.assert_close(fused[name], gradient, **tolerance, msg=name)
+    # Two layers of six products, then the pooler and the classifier; stacked, two fewer a layer.
+    assert _linear_calls(lambda: step(None)) == [32, 32, 32, 32, 64, 32] * 2 + [32, 2]
+    assert _linear_calls(lambda: step(projections)) == [96, 32, 64, 32] * 2 + [32, 2]
+
+
+class _CrossAttention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.query, self.key, self.value = (torch.nn.Linear(8, 8) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(self.query(x)[:, None], self.key(encoded)[:, None],
+                                              self.value(encoded)[:, None])
+
+
+def test_projections_of_different_inputs_stay_separate_products():
+    torch.manual_seed(13)
+    module = _CrossAttention()
+    x, encoded = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    expected = module(x, encoded)
+    projections = SharedInputProjections(module)
+    assert len(projections) == 1
+    # The first pass stacks, then finds the keys' input differs; from then on no stacked product.
+    for widths in ([24, 8, 8], [8, 8, 8]):
+        with CpuTrainingKernels(projections):
+            assert _linear_calls(lambda: torch.testing.assert_close(module(x, encoded), expected)) == widths
+    assert not projections._waiting
+
+
+def test_layers_that_are_not_plain_linear_projections_are_not_stacked():
+    module = _CrossAttention()
+    module.value = torch.nn.Linear(4, 8)  # another input width
+    assert len(SharedInputProjections(module)) == 0
+    module.value = torch.nn.Sequential(torch.nn.Linear(8, 8))  # not an nn.Linear (as a LoRA wrapper is not)
+    assert len(SharedInputProjections(module)) == 0
 
 
 def _depthwise(stride: int = 1) -> tuple[torch.nn.Conv2d, torch.Tensor]:

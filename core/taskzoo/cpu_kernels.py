@@ -33,6 +33,13 @@ detectors use 2), the forward pass is torchvision's own and the backward pass mu
 gradient by the sparse matrix of the same bilinear weights (16 to a bin for ratio 2), about eight
 times faster; adaptive sampling keeps torchvision's kernel.
 
+An attention's projections. The query, key and value projections of an attention module take the
+same input through three ``nn.Linear`` layers; under autocast each casts that input to bf16 again,
+and the backward pass rounds three input gradients to bf16, casts each back and adds them. Given
+`SharedInputProjections`, the mode computes the three as one product over their stacked weights,
+as PyTorch's ``nn.MultiheadAttention`` keeps them (one ``in_proj_weight``): one cast, one wider
+product, and one input gradient summed in the product's float32 accumulator and rounded once.
+
 Gradient clipping. `clip_grad_norm_` takes the norm of large gradients as BLAS dot products, up
 to three times faster than PyTorch's CPU norm and closer to the exact value, and leaves gradients
 under the limit untouched instead of multiplying them by one: a tenth of a MiniLM step at 20 tokens
@@ -66,7 +73,7 @@ from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
 LEVELS = 1 << 16  # the resolution of a drop probability: 16 random bits per element
-_active = threading.local()  # how many CpuTrainingKernels modes this thread is inside
+_active = threading.local()  # the CpuTrainingKernels modes this thread is inside (``modes``), innermost last
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
@@ -271,6 +278,73 @@ def _roi_align_call(
                                          aligned)
 
 
+# The names transformers' encoders give an attention's three projections of one input.
+PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"),
+                    ("query_proj", "key_proj", "value_proj"))
+
+
+class SharedInputProjections:
+    """The attention projections of ``model`` (plain ``nn.Linear`` children named as in
+    `PROJECTION_NAMES`, with the same input width, dtype and bias or none), computed as one product
+    when a forward pass calls them in order on the same input tensor.
+
+    The first projection's call computes all three over their weights stacked for that pass (they
+    stay three parameters: checkpoints, optimizers and adapters see the model as it was) and keeps
+    the others' outputs for their own calls. A projection called on another input (a
+    cross-attention's keys and values come from the encoder) or out of order turns fusing off for
+    its group: those run as before from then on. The outputs are the separate products' values; the
+    gradients differ only in rounding, the input's being summed before it is rounded once."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._group_of: dict[torch.Tensor, tuple[int, tuple[torch.nn.Linear, ...]]] = {}
+        for module in model.modules():
+            for names in PROJECTION_NAMES:
+                layers = tuple(getattr(module, name, None) for name in names)
+                if all(type(layer) is torch.nn.Linear for layer in layers) and _stackable(layers):
+                    for index, layer in enumerate(layers):
+                        self._group_of[layer.weight] = (index, layers)
+        self._separate: set[tuple[torch.nn.Linear, ...]] = set()
+        self._waiting: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        """How many groups of projections there are."""
+        return len({layers for _, layers in self._group_of.values()})
+
+    def linear(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Any:
+        """``F.linear(input, weight, bias)`` for a projection of a group; None for any other call."""
+        found = self._group_of.get(weight)
+        if found is None:
+            return None
+        index, layers = found
+        if layers in self._separate or bias is not layers[index].bias:
+            return None
+        if index == 0:
+            stacked_bias = None if bias is None else torch.cat([layer.bias for layer in layers])
+            outputs = F.linear(input, torch.cat([layer.weight for layer in layers]), stacked_bias).split(
+                [layer.out_features for layer in layers], dim=-1)
+            for layer, output in zip(layers[1:], outputs[1:]):
+                self._waiting[layer.weight] = (input, output)
+            return outputs[0]
+        waiting = self._waiting.pop(weight, None)
+        if waiting is None or waiting[0] is not input:
+            self._separate.add(layers)
+            for layer in layers:
+                self._waiting.pop(layer.weight, None)
+            return None
+        return waiting[1]
+
+    def forget(self) -> None:
+        """Drop outputs kept for calls that did not come (a forward pass ended early)."""
+        self._waiting.clear()
+
+
+def _stackable(layers: tuple[Any, ...]) -> bool:
+    first = layers[0]
+    return all(layer.in_features == first.in_features and layer.weight.dtype == first.weight.dtype
+               and layer.weight.device == first.weight.device and (layer.bias is None) == (first.bias is None)
+               for layer in layers)
+
+
 _REPLACEMENTS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.dropout: _dropout_call,
     torch.dropout: _torch_dropout_call,
@@ -282,27 +356,38 @@ _REPLACEMENTS: dict[Callable[..., Any], Callable[..., Any]] = {
 class CpuTrainingKernels(TorchFunctionMode):
     """While active, CPU dropout (``nn.Dropout``, ``F.dropout``, ``torch.dropout`` and attention's
     ``dropout_p``) draws its masks with `keep_mask`, depthwise ``conv2d`` that would compute in bf16
-    computes in float32, and torchvision's ``roi_align`` takes its gradient as a sparse product;
-    everything else runs as usual.
+    computes in float32, torchvision's ``roi_align`` takes its gradient as a sparse product, and
+    the attention projections of ``projections`` (a `SharedInputProjections` of the model trained)
+    are one product; everything else runs as usual.
 
     Activation checkpointing recomputes a forward pass during the backward one, where no mode is
     active: a checkpoint taken under this mode must recompute under it too (`checkpoint_contexts`),
     or the recomputation would drop other elements than the forward pass did."""
+
+    def __init__(self, projections: SharedInputProjections | None = None) -> None:
+        super().__init__()
+        self.projections = projections
 
     def __enter__(self) -> CpuTrainingKernels:
         # torchvision's operators exist only once it is imported, as a detector's model imports it;
         # importing it here would cost every text run 1.6 s.
         if "torchvision" in sys.modules:
             _REPLACEMENTS.setdefault(torch.ops.torchvision.roi_align, _roi_align_call)
-        _active.depth = getattr(_active, "depth", 0) + 1
+        _active.modes = [*getattr(_active, "modes", []), self]
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
-        _active.depth -= 1
+        _active.modes = _active.modes[:-1]
+        if self.projections is not None:
+            self.projections.forget()
         super().__exit__(*exc)
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if func is F.linear and self.projections is not None:
+            result = self.projections.linear(*args, **kwargs)
+            if result is not None:
+                return result
         replacement = _REPLACEMENTS.get(func)
         if replacement is not None:
             result = replacement(*args, **kwargs)
@@ -315,7 +400,8 @@ def checkpoint_contexts() -> tuple[AbstractContextManager[Any], AbstractContextM
     """``context_fn`` for `torch.utils.checkpoint.checkpoint` (non-reentrant): the recomputation
     runs under `CpuTrainingKernels` when the forward pass did, and replays its masks from the generator
     state the checkpoint restores."""
-    return nullcontext(), (CpuTrainingKernels() if getattr(_active, "depth", 0) else nullcontext())
+    modes = getattr(_active, "modes", [])
+    return nullcontext(), (CpuTrainingKernels(modes[-1].projections) if modes else nullcontext())
 
 
 def _flat_view(gradient: torch.Tensor) -> torch.Tensor | None:

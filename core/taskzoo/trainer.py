@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 
 from taskzoo import progress
 from taskzoo.errors import UserError
-from taskzoo.cpu_kernels import CpuTrainingKernels, checkpoint_contexts, clip_grad_norm_, keep_freed_memory_for_reuse
+from taskzoo.cpu_kernels import (
+    CpuTrainingKernels, SharedInputProjections, checkpoint_contexts, clip_grad_norm_, keep_freed_memory_for_reuse,
+)
 from taskzoo.options import default_of
 from taskzoo.run_folders import CHECKPOINT_FOLDER, MODEL_FOLDER, damaged_file, replacing_folder, write_atomically
 from taskzoo.snapshots import BackgroundWriter, cpu_copy, fits_in_memory, save_weights, tensor_bytes
@@ -404,6 +406,7 @@ class Trainer:
         timm_checkpointed = any(getattr(module, "grad_checkpointing", False) is True for module in model.modules())
         self._on_cpu = on_cpu = accelerator.device.type == "cpu"
         self._cpu_kernels = on_cpu and not args.compile and not timm_checkpointed
+        self._projections = SharedInputProjections(model) if self._cpu_kernels else None
         # Row gradients for vocabularies (`taskzoo.sparse_rows`): one process, as processes average
         # dense gradients; not compiled, as inductor's embedding backward is dense.
         single_cpu = on_cpu and accelerator.num_processes == 1 and not args.compile
@@ -653,7 +656,7 @@ class Trainer:
             window_loss, window_batches, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
             for batch in bar:
                 with accelerator.accumulate(self.model):
-                    with CpuTrainingKernels() if self._cpu_kernels else nullcontext():
+                    with CpuTrainingKernels(self._projections) if self._cpu_kernels else nullcontext():
                         loss = self.model(batch)["loss"]
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm:
