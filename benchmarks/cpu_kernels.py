@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from taskzoo.cpu_kernels import CpuTrainingKernels, clip_grad_norm_, keep_freed_memory_for_reuse
+    from taskzoo.cpu_kernels import CpuTrainingKernels, SharedInputProjections, clip_grad_norm_, keep_freed_memory_for_reuse
     from taskzoo.sparse_rows import RowSparseAdamW, sparse_gradients, vocabulary_embeddings
 
     kept = opts.keep_freed_memory and keep_freed_memory_for_reuse()
@@ -173,10 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     tables = vocabulary_embeddings(model)
     vocabularies = bool(tables)
     adamw = lambda kind: kind(parameters, lr=1e-5, weight_decay=0.01, fused=True)  # noqa: E731
+    # taskzoo's mode, as the trainer enters it: with the model's attention projections stacked.
+    kernels = functools.partial(CpuTrainingKernels, SharedInputProjections(model))
     arms = {"pytorch": (contextlib.nullcontext, torch.nn.utils.clip_grad_norm_, adamw(torch.optim.AdamW), []),
-            "taskzoo": (CpuTrainingKernels, clip_grad_norm_, adamw(RowSparseAdamW), tables)}
+            "taskzoo": (kernels, clip_grad_norm_, adamw(RowSparseAdamW), tables)}
     if vocabularies and not opts.clipping:  # what the rows alone are worth: taskzoo's arm with dense gradients
-        arms["dense vocabulary"] = (CpuTrainingKernels, clip_grad_norm_, adamw(torch.optim.AdamW), [])
+        arms["dense vocabulary"] = (kernels, clip_grad_norm_, adamw(torch.optim.AdamW), [])
     if opts.clipping:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = make_batch(shapes[0])()
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         clipping(opts, title, shapes[0], parameters, {arm: clip for arm, (_, clip, _, _) in arms.items()})
         return
 
-    def step(loss_of: Callable[[], Any], arm: tuple[type, Callable[..., Any], Any, list[Any]]) -> float:
+    def step(loss_of: Callable[[], Any], arm: tuple[Callable[[], Any], Callable[..., Any], Any, list[Any]]) -> float:
         mode, clip, optimizer, tables = arm
         start = time.perf_counter()
         with sparse_gradients(tables):
