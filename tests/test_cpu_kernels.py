@@ -130,7 +130,7 @@ def _attention_by_autograd(q, k, v, attn_mask, dropout_p, scale):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("mask_kind", ["bool", "float", "learned", None])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "learned", "learned per element", None])
 def test_attention_with_dropout_has_autograds_gradient_bit_for_bit(dtype, mask_kind):
     torch.manual_seed(8)
     # Cross-attention shapes (7 queries, 5 keys, values 6 wide), heads laid out as transformers
@@ -141,16 +141,17 @@ def test_attention_with_dropout_has_autograds_gradient_bit_for_bit(dtype, mask_k
     padding = torch.ones(2, 1, 1, 5, dtype=torch.bool)
     padding[0, ..., 3:] = False
     attn_mask = {"bool": padding, "float": torch.zeros(padding.shape).masked_fill(~padding, -1e4).to(dtype),
-                 "learned": torch.randn(1, 3, 7, 5), None: None}[mask_kind]
+                 "learned": torch.randn(1, 3, 7, 5), "learned per element": torch.randn(2, 3, 7, 5), None: None}[mask_kind]
     output_gradient = torch.randn(2, 3, 7, 6, dtype=dtype)
 
     def gradients(attention):
         inputs = [tensor.detach().requires_grad_() for tensor in (q, k, v)]
-        mask = attn_mask.detach().requires_grad_() if mask_kind == "learned" else attn_mask
+        learned = mask_kind is not None and mask_kind.startswith("learned")
+        mask = attn_mask.detach().requires_grad_() if learned else attn_mask
         torch.manual_seed(9)
         output = attention(*inputs, mask, 0.3, 0.25)
         output.backward(output_gradient)
-        return [output, *(tensor.grad for tensor in inputs)] + ([mask.grad] if mask_kind == "learned" else [])
+        return [output, *(tensor.grad for tensor in inputs)] + ([mask.grad] if learned else [])
 
     with CpuTrainingKernels():
         ours = gradients(lambda *a: F.scaled_dot_product_attention(*a[:4], dropout_p=a[4], scale=a[5]))

@@ -148,7 +148,9 @@ class _AttentionWithDropout(torch.autograd.Function):
         if masked_out is not None:
             grad_scores.masked_fill_(masked_out, 0)
         grad_mask = grad_scores.sum_to_size(ctx.mask_shape).to(mask_dtype) if need_mask else None
-        grad_products = grad_scores.mul_(ctx.scale).view(heads, query_length, key_length)
+        # In place only where no mask's gradient can be a view of it (a mask as large as the scores).
+        grad_products = (grad_scores * ctx.scale if need_mask else grad_scores.mul_(ctx.scale)).view(
+            heads, query_length, key_length)
         grad_query = torch.bmm(grad_products, k) if need_query else None
         grad_key = torch.bmm(grad_products.transpose(1, 2), q) if need_key else None
 
