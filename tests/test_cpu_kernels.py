@@ -141,7 +141,8 @@ def test_attention_with_dropout_has_autograds_gradient_bit_for_bit(dtype, mask_k
     padding = torch.ones(2, 1, 1, 5, dtype=torch.bool)
     padding[0, ..., 3:] = False
     attn_mask = {"bool": padding, "float": torch.zeros(padding.shape).masked_fill(~padding, -1e4).to(dtype),
-                 "learned": torch.randn(1, 3, 7, 5), "learned per element": torch.randn(2, 3, 7, 5), None: None}[mask_kind]
+                 "learned": torch.randn(1, 3, 7, 5), "learned per element": torch.randn(2, 3, 7, 5),
+                 None: None}[mask_kind]
     output_gradient = torch.randn(2, 3, 7, 6, dtype=dtype)
 
     def gradients(attention):
