@@ -208,3 +208,22 @@ def test_a_backbone_without_an_export_says_so_in_one_line(runner, tmp_path):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "backbone 'knn-cosine'" in result.output and "no ONNX export" in result.output
     assert not (run / "export").exists()
+
+
+def test_an_export_a_kill_caught_between_its_renames_is_put_back(tmp_path):
+    """A new export takes the old one's place in two renames; killed between them, the old export
+    waits beside its folder and the next reader puts it back."""
+    from taskzoo.export import read_record
+    from taskzoo.run_folders import replace_folder
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "export.json").write_text('{"good": true, "version": 1}')
+    target.rename(tmp_path / "export.previous")  # the first rename done, the second not
+    assert read_record(target) == {"good": True, "version": 1}
+    assert target.is_dir() and not (tmp_path / "export.previous").exists()
+    new = tmp_path / ".export.partial"
+    new.mkdir()
+    (new / "export.json").write_text('{"good": true, "version": 2}')
+    replace_folder(new, target)
+    assert read_record(target)["version"] == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["export"]

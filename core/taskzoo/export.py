@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taskzoo import run_folders
 from taskzoo.errors import DataError, ParityError, UserError
 
 if TYPE_CHECKING:
@@ -169,6 +170,10 @@ def export_folder(run: Path) -> Path:
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
+    """The export's ``export.json``; None where there is no export. An export that a kill caught
+    while it was being replaced is put back first (`run_folders.restore_folder`)."""
+    with contextlib.suppress(OSError):  # a read-only folder is still read
+        run_folders.restore_folder(Path(folder))
     try:
         return json.loads((Path(folder) / "export.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -344,7 +349,6 @@ def export(loaded: Loaded, *, output: Path | None = None, data: Path | None = No
     import onnx
     import torch
 
-    from taskzoo import run_folders
     from taskzoo.pipeline import _quiet
     from taskzoo.version import __version__
 
@@ -420,10 +424,8 @@ def export(loaded: Loaded, *, output: Path | None = None, data: Path | None = No
     }
     del runtime
     run_folders.write_json(partial / "export.json", record)
-    if target.exists():
-        shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, target)
+    run_folders.replace_folder(partial, target)  # a kill in between leaves the old export for read_record
     if not good:
         raise ParityError(
             f"{target}: the export scores {main} {_number(after)} where the PyTorch model scores {_number(before)} "
