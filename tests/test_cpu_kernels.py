@@ -243,7 +243,7 @@ def test_projections_of_different_inputs_stay_separate_products():
     for widths in ([24, 8, 8], [8, 8, 8]):
         with CpuTrainingKernels(projections):
             assert _linear_calls(lambda: torch.testing.assert_close(module(x, encoded), expected)) == widths
-    assert not projections._waiting
+    assert not projections._waiting and len(projections) == 0
 
 
 def test_layers_that_are_not_plain_linear_projections_are_not_stacked():

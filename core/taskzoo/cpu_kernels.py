@@ -86,10 +86,16 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return levels >= threshold - LEVELS // 2, 1.0 - threshold / LEVELS
 
 
+def kept_scale(like: torch.Tensor, p: float) -> torch.Tensor:
+    """`keep_mask`'s mask for a tensor like ``like``, in its dtype: the inverse of the keep
+    probability where an element is kept, zero where it is dropped (what dropout multiplies by)."""
+    keep, keep_probability = keep_mask(like.shape, p, like.device)
+    return keep.to(like.dtype).mul_(1.0 / keep_probability)
+
+
 def dropout(input: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
     """``torch.dropout(input, p, train=True)`` with the mask of `keep_mask`."""
-    keep, keep_probability = keep_mask(input.shape, p, input.device)
-    scaled = keep.to(input.dtype).mul_(1.0 / keep_probability)
+    scaled = kept_scale(input, p)
     return input.mul_(scaled) if inplace else input * scaled
 
 
@@ -124,10 +130,9 @@ class _AttentionWithDropout(torch.autograd.Function):
         elif attn_mask is not None:
             scores.add_(attn_mask)
         weights = scores.softmax(dim=-1)
-        keep, keep_probability = keep_mask(weights.shape, dropout_p)
-        kept_scale = keep.to(weights.dtype).mul_(1.0 / keep_probability)
-        dropped = (weights * kept_scale).view(heads, query_length, key_length)
-        ctx.save_for_backward(q, k, v, weights, kept_scale, dropped, masked_out)
+        scaled = kept_scale(weights, dropout_p)
+        dropped = (weights * scaled).view(heads, query_length, key_length)
+        ctx.save_for_backward(q, k, v, weights, scaled, dropped, masked_out)
         ctx.scale, ctx.mask_shape, ctx.dtypes = scale, None if attn_mask is None else attn_mask.shape, (
             query.dtype, key.dtype, value.dtype, None if attn_mask is None else attn_mask.dtype)
         return torch.bmm(dropped, v).view(*batch, query_length, value_width).to(value.dtype)
@@ -135,7 +140,7 @@ class _AttentionWithDropout(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, weights, kept_scale, dropped, masked_out = ctx.saved_tensors
+        q, k, v, weights, scaled, dropped, masked_out = ctx.saved_tensors
         query_dtype, key_dtype, value_dtype, mask_dtype = ctx.dtypes
         heads, query_length, key_length = dropped.shape
         batch = weights.shape[:-2]
@@ -143,7 +148,7 @@ class _AttentionWithDropout(torch.autograd.Function):
         grad = grad_output.to(torch.float32, memory_format=torch.contiguous_format).contiguous()
         grad = grad.view(heads, query_length, -1)
         grad_value = torch.bmm(dropped.transpose(1, 2), grad) if need_value else None
-        grad_weights = torch.bmm(grad, v.transpose(1, 2)).view(weights.shape).mul_(kept_scale)
+        grad_weights = torch.bmm(grad, v.transpose(1, 2)).view(weights.shape).mul_(scaled)
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, torch.float32)
         if masked_out is not None:
             grad_scores.masked_fill_(masked_out, 0)
@@ -305,11 +310,10 @@ class SharedInputProjections:
                 if all(type(layer) is torch.nn.Linear for layer in layers) and _stackable(layers):
                     for index, layer in enumerate(layers):
                         self._group_of[layer.weight] = (index, layers)
-        self._separate: set[tuple[torch.nn.Linear, ...]] = set()
         self._waiting: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
-        """How many groups of projections there are."""
+        """How many groups of projections are stacked."""
         return len({layers for _, layers in self._group_of.values()})
 
     def linear(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Any:
@@ -318,7 +322,7 @@ class SharedInputProjections:
         if found is None:
             return None
         index, layers = found
-        if layers in self._separate or bias is not layers[index].bias:
+        if bias is not layers[index].bias:
             return None
         if index == 0:
             stacked_bias = None if bias is None else torch.cat([layer.bias for layer in layers])
@@ -328,9 +332,9 @@ class SharedInputProjections:
                 self._waiting[layer.weight] = (input, output)
             return outputs[0]
         waiting = self._waiting.pop(weight, None)
-        if waiting is None or waiting[0] is not input:
-            self._separate.add(layers)
+        if waiting is None or waiting[0] is not input:  # not one input: the group runs separately from now on
             for layer in layers:
+                self._group_of.pop(layer.weight, None)
                 self._waiting.pop(layer.weight, None)
             return None
         return waiting[1]

@@ -124,8 +124,9 @@ class SentimentTask(Task):
         for start in range(0, len(data), 2048):  # a slice of a Column is a Column: read a batch at a time
             texts = list(data.texts[start:start + 2048])
             encoded = self.tokenizer(texts, truncation=True, max_length=self.tokenizer.model_max_length)
-            lengths.extend(len(ids) for ids in encoded["input_ids"])
-            tokens += sum(lengths[-len(texts):])
+            part_lengths = [len(ids) for ids in encoded["input_ids"]]
+            lengths.extend(part_lengths)
+            tokens += sum(part_lengths)
             # Kept while the whole set, at the tokens per text so far, would fit: a set far larger
             # than the limit is dropped at its first part instead of held up to the limit.
             fits = tokens / len(lengths) * len(data) <= KEPT_TOKENS
